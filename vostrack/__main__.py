@@ -1,0 +1,3 @@
+from vostrack.cli import main
+
+main()
