@@ -1,0 +1,244 @@
+"""The ``vostrack`` command line.
+
+Every user-fixable problem arrives here as a :class:`VostrackError` and leaves as one line on
+stderr with a non-zero exit code; ``--debug`` shows tracebacks instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import click
+
+from vostrack import __version__
+from vostrack.errors import VostrackError
+from vostrack.registry import DEFAULT_MODEL, RUNTIMES
+
+log = logging.getLogger("vostrack")
+
+
+class _Group(click.Group):
+    """Turns VostrackError (and unexpected errors) into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VostrackError as exc:
+            if ctx.meta.get("vostrack.debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:  # a bug, not bad input: still one line unless --debug
+            if ctx.meta.get("vostrack.debug"):
+                raise
+            click.echo(f"error: unexpected {type(exc).__name__}: {exc} "
+                       "(run with --debug for the traceback)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vostrack")
+@click.option("-v", "--verbose", is_flag=True, help="Log what vostrack is doing.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
+    """vostrack: segment every object of a video from its mask on one frame."""
+    ctx.meta["vostrack.debug"] = debug
+    _setup_logging(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+
+
+def _setup_logging(level: int) -> None:
+    logger = logging.getLogger("vostrack")
+    logger.setLevel(level)
+    if not any(getattr(h, "_vostrack", False) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler._vostrack = True
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _raise_keyboard_interrupt(signum, frame):  # SIGTERM stops a run as cleanly as Ctrl-C
+    raise KeyboardInterrupt
+
+
+# ----------------------------------------------------------------------------------- segment
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--mask", "masks", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Mask of the objects on one frame (palette PNG, grayscale or RGB colour-coded). "
+                   "Repeat for objects that appear later; a folder gives all its masks.")
+@click.option("--mask-frame", "mask_frames", multiple=True, type=click.IntRange(min=0),
+              help="Frame (0-based) of each --mask, in the same order. Default: the frame the "
+                   "mask file is named after (00012.png -> 12), else frame 0.")
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for one DAVIS-palette PNG per frame and summary.json.")
+@click.option("--overlay", type=click.Path(path_type=Path),
+              help="Also write an mp4 of the video with the masks blended in.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Model name (see models/) or path to a model folder.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="frozen", show_default=True,
+              help="Run the frozen TensorFlow graph, or the Keras model (any Keras backend).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True),
+              help="Frame rate of the overlay (default: the video's, 24 for a frame folder).")
+@click.option("--overwrite", is_flag=True, help="Replace existing results.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in the same folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int], output_dir: Path,
+            overlay: Path | None, model: str, runtime: str, fps: float | None, overwrite: bool,
+            resume: bool, quiet: bool) -> None:
+    """Segment the objects given by --mask on every frame of INPUT (a video or a frame folder)."""
+    from vostrack.inference.pipeline import OutputOptions, segment_video
+    from vostrack.io.frames import open_frames
+    from vostrack.io.masks import MaskReader, load_annotations
+    from vostrack.registry import load_propagator
+
+    source = open_frames(input_path, fps=fps)
+    reader = MaskReader()
+    annotations = load_annotations(masks, mask_frames, source, reader)
+    if overlay is not None and overlay.suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv"):
+        raise VostrackError(f"overlay {overlay}: give an .mp4 file name")
+    propagator, model_info = load_propagator(model, runtime)
+    if not quiet:
+        _report_inputs(source, annotations, reader)
+    options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    summary = segment_video(source, annotations, propagator, options, model_info)
+    click.echo(f"{summary['frames_done']} frames, {len(summary['objects'])} object(s) "
+               f"-> {output_dir}" + (f" and {overlay}" if overlay else "")
+               + (f" ({summary['frames_per_second']} frames/s)" if summary.get("frames_per_second") else ""))
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _report_inputs(source, annotations, reader) -> None:
+    click.echo(f"{source.path}: {source.num_frames} frames, {source.width}x{source.height}, "
+               f"{source.fps:g} fps", err=True)
+    for a in annotations:
+        names = ", ".join(p.name for p in a.sources)
+        click.echo(f"  frame {a.frame} ({names}): objects {', '.join(map(str, a.object_ids))}",
+                   err=True)
+    for colour, k in reader.colour_ids.items():
+        click.echo(f"  object {k} = colour #{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}", err=True)
+
+
+# ---------------------------------------------------------------------------------- validate
+@cli.command()
+@click.option("--data", "data_root", required=True, type=click.Path(path_type=Path),
+              help="A DAVIS tree (JPEGImages/480p, Annotations/480p, optional ImageSets).")
+@click.option("--results", "results_dir", type=click.Path(path_type=Path),
+              help="Score the palette PNGs in RESULTS/<sequence>/ instead of running a model.")
+@click.option("--set", "set_file", type=click.Path(path_type=Path),
+              help="A file listing the sequences to score (e.g. ImageSets/2016/val.txt).")
+@click.option("--sequences", help="Comma-separated sequence names to score.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path),
+              help="Write one row per object and a final ALL row to this CSV file.")
+@click.option("--output", "output_dir", type=click.Path(path_type=Path),
+              help="Without --results: where the segmentations go (default: a new temp folder).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
+              help="Without --results: the model to run.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="frozen", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace results already in --output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
+             sequences: str | None, csv_path: Path | None, output_dir: Path | None, model: str,
+             runtime: str, overwrite: bool, quiet: bool) -> None:
+    """Score segmentations of a DAVIS tree with the official J and F measures."""
+    from vostrack.evaluation.davis import DavisTree, score
+
+    if set_file and sequences:
+        raise VostrackError("give --set or --sequences, not both")
+    tree = DavisTree(data_root)
+    names = [s.strip() for s in sequences.split(",") if s.strip()] if sequences else None
+    seqs = tree.sequences(set_file=set_file, names=names)
+    if results_dir is None:
+        if output_dir is None:
+            output_dir = Path(tempfile.mkdtemp(prefix="vostrack-validate-"))
+            click.echo(f"segmentations go to {output_dir}", err=True)
+        _segment_davis(tree, seqs, output_dir, model, runtime, overwrite, quiet)
+        results_dir = output_dir
+    elif output_dir is not None:
+        raise VostrackError("--output is where validate writes its own segmentations; "
+                            "with --results there is nothing to write")
+    report = score(tree, results_dir, seqs)
+    click.echo(report.table())
+    if csv_path is not None:
+        report.write_csv(csv_path)
+        click.echo(f"wrote {csv_path}", err=True)
+
+
+def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime: str,
+                   overwrite: bool, quiet: bool) -> None:
+    """Run the segment job on each sequence from its first annotated frame."""
+    from vostrack.inference.pipeline import OutputOptions, segment_video
+    from vostrack.io.frames import open_frames
+    from vostrack.io.masks import load_annotations
+    from vostrack.registry import load_propagator
+
+    propagator, model_info = load_propagator(model, runtime)
+    for seq in seqs:
+        source = open_frames(tree.frames_dir(seq))
+        first = tree.annotation_path(seq, tree.frame_names(seq)[0])
+        annotations = load_annotations([first], [], source)
+        options = OutputOptions(output_dir / seq, overwrite=overwrite, progress=not quiet)
+        if not quiet:
+            click.echo(seq, err=True)
+        segment_video(source, annotations, propagator, options, model_info)
+
+
+# --------------------------------------------------------- commands that need the model (later)
+_NEEDS_MODEL = {"allow_extra_args": True, "ignore_unknown_options": True,
+                "help_option_names": ["-h", "--help"]}
+
+
+def _not_available(command: str) -> None:
+    raise VostrackError(f"`vostrack {command}` is not available in this version: "
+                        "it needs the vostrack network, which is not part of this build yet")
+
+
+@cli.command(context_settings=_NEEDS_MODEL)
+def train() -> None:
+    """Train the network (needs the model: not available yet)."""
+    _not_available("train")
+
+
+@cli.command("validate-backbone", context_settings=_NEEDS_MODEL)
+def validate_backbone() -> None:
+    """Top-1/top-5 of a backbone on ImageNet val (needs the model: not available yet)."""
+    _not_available("validate-backbone")
+
+
+@cli.command(context_settings=_NEEDS_MODEL)
+def export() -> None:
+    """Export a model as a frozen graph + SavedModel (needs the model: not available yet)."""
+    _not_available("export")
+
+
+def main() -> None:
+    cli(prog_name="vostrack")

@@ -1,0 +1,205 @@
+"""Frame sources: a video file or a folder of images, streamed one RGB frame at a time.
+
+Both kinds are opened (and checked) up front by :func:`open_frames`, which returns a
+:class:`FrameSource` that knows the frame count, size, rate and the name of every frame, and
+yields frames lazily so that memory does not grow with the length of the video.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from vostrack.errors import VostrackError
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_FOLDER_FPS = 24.0
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
+    return tuple((0, int(part), part) if part.isdigit() else (1, part.lower(), part)
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """An opened video or frame folder. Iterate it to get RGB uint8 frames (H, W, 3)."""
+
+    path: Path
+    kind: str  # "video" or "frames"
+    width: int
+    height: int
+    fps: float
+    frame_names: tuple[str, ...]  # one per frame; output masks are named <name>.png
+    frame_files: tuple[Path, ...] = ()  # for a folder: the image of each frame
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_names)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return self.height, self.width
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._iter_video() if self.kind == "video" else self._iter_folder()
+
+    def describe(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "width": self.width,
+                "height": self.height, "num_frames": self.num_frames, "fps": self.fps}
+
+    def _iter_folder(self) -> Iterator[np.ndarray]:
+        for file in self.frame_files:
+            frame = read_image_rgb(file)
+            if frame.shape[:2] != (self.height, self.width):
+                raise VostrackError(
+                    f"{file}: frame is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
+                    f"{self.width}x{self.height}; all frames of a folder must have one size")
+            yield frame
+
+    def _iter_video(self) -> Iterator[np.ndarray]:
+        import imageio_ffmpeg
+
+        # passthrough: no frame duplication/dropping on variable-rate video, so the decoded
+        # frames match the demuxed count and the names given to them.
+        reader = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24",
+                                            output_params=["-fps_mode", "passthrough"])
+        try:
+            meta = next(reader)
+            width, height = meta["size"]
+            count = 0
+            for raw in reader:
+                count += 1
+                yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+        except (OSError, RuntimeError) as exc:
+            raise VostrackError(f"{self.path}: cannot decode the video ({_first_line(exc)})") from None
+        finally:
+            reader.close()
+        if count != self.num_frames:
+            raise VostrackError(f"{self.path}: decoded {count} frames but the container holds "
+                                f"{self.num_frames}; the file may be damaged")
+
+
+def open_frames(path: str | Path, fps: float | None = None) -> FrameSource:
+    """Open a video file or a folder of frames, checking that it can be read.
+
+    ``fps`` overrides the frame rate (a folder has none of its own; default 24).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VostrackError(f"input not found: {path}")
+    if path.is_dir():
+        return _open_folder(path, fps)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise VostrackError(f"{path} is a single image; give a video file or a folder of frames")
+    return _open_video(path, fps)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder in natural order (hidden files skipped)."""
+    files = [p for p in folder.iterdir()
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _open_folder(folder: Path, fps: float | None) -> FrameSource:
+    files = list_images(folder)
+    if not files:
+        raise VostrackError(f"{folder}: no frames found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    stems = [f.stem for f in files]
+    if len(set(stems)) != len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise VostrackError(f"{folder}: two frames are named {dup!r} (different extensions); "
+                            "output masks are named after frames, so names must be unique")
+    first = read_image_rgb(files[0])
+    height, width = first.shape[:2]
+    return FrameSource(path=folder, kind="frames", width=width, height=height,
+                       fps=float(fps or DEFAULT_FOLDER_FPS), frame_names=tuple(stems),
+                       frame_files=tuple(files))
+
+
+def read_image_rgb(file: Path) -> np.ndarray:
+    """Read an image file as RGB uint8, or raise a one-line error."""
+    data = np.fromfile(str(file), dtype=np.uint8)  # np.fromfile + imdecode handles any path
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise VostrackError(f"{file}: not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _open_video(path: Path, fps: float | None) -> FrameSource:
+    import imageio_ffmpeg
+
+    num_frames = _probe_frame_count(path)
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        meta = next(reader)
+        reader.close()
+    except (OSError, RuntimeError, StopIteration) as exc:
+        raise VostrackError(f"{path}: not a readable video ({_first_line(exc)})") from None
+    width, height = meta["size"]
+    rate = float(fps or meta.get("fps") or DEFAULT_FOLDER_FPS)
+    digits = max(5, len(str(num_frames - 1)))
+    names = tuple(f"{i:0{digits}d}" for i in range(num_frames))
+    return FrameSource(path=path, kind="video", width=int(width), height=int(height), fps=rate,
+                       frame_names=names)
+
+
+def _probe_frame_count(path: Path) -> int:
+    """Count the video frames by demuxing the file once (no decoding: fast).
+
+    ffmpeg exits 0 on a truncated file and only says so on stderr, so the error lines are
+    checked here; a damaged video is refused before any work is done rather than segmented
+    up to the point where it breaks.
+    """
+    import imageio_ffmpeg
+
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-stats",
+           "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VostrackError(f"{path}: cannot run ffmpeg to read the video ({exc})") from None
+    lines = [ln.strip() for ln in re.split(r"[\r\n]+", proc.stderr) if ln.strip()]
+    errors = [ln for ln in lines if not ln.startswith("frame=")]
+    counts = [int(m.group(1)) for ln in lines if (m := re.match(r"frame=\s*(\d+)", ln))]
+    if proc.returncode != 0 or not counts:
+        reason = _ffmpeg_reason(errors) or "no video stream"
+        raise VostrackError(f"{path}: not a readable video ({reason})")
+    if any("partial file" in ln or "Invalid data" in ln or "Invalid NAL" in ln for ln in errors):
+        raise VostrackError(f"{path}: the video is truncated or damaged "
+                            f"({_ffmpeg_reason(errors)}); {counts[-1]} frames could be read")
+    for line in errors:
+        log.warning("%s: ffmpeg: %s", path.name, _strip_ffmpeg_prefix(line))
+    if counts[-1] == 0:
+        raise VostrackError(f"{path}: the video has no frames")
+    return counts[-1]
+
+
+def _strip_ffmpeg_prefix(line: str) -> str:
+    return re.sub(r"^(\[[^\]]*\]\s*)+", "", line)
+
+
+def _ffmpeg_reason(errors: list[str]) -> str:
+    for line in errors:
+        text = _strip_ffmpeg_prefix(line)
+        if text and not text.lower().startswith("error opening input file"):
+            return text
+    return _strip_ffmpeg_prefix(errors[0]) if errors else ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

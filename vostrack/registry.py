@@ -1,0 +1,69 @@
+"""Where models live and how a model name becomes a runnable :class:`Propagator`.
+
+A model is a folder holding ``manifest.json`` (plus the files it names). ``--model`` takes a
+model name, looked up in the folders below in order, or a path to such a folder:
+1. ``$VOSTRACK_MODELS`` (a list of folders, separated like PATH);
+2. ``models/`` of the source tree this package runs from (a clone, or an editable install);
+3. ``<prefix>/share/vostrack/models`` (where a regular install puts the shipped models).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from vostrack.errors import VostrackError
+from vostrack.inference.contract import Propagator
+
+DEFAULT_MODEL = "default"
+MANIFEST = "manifest.json"
+RUNTIMES = ("frozen", "keras")
+
+
+def model_search_path() -> list[Path]:
+    paths = [Path(p) for p in os.environ.get("VOSTRACK_MODELS", "").split(os.pathsep) if p]
+    paths.append(Path(__file__).resolve().parent.parent / "models")
+    paths.append(Path(sys.prefix) / "share" / "vostrack" / "models")
+    return paths
+
+
+def available_models() -> list[str]:
+    names: set[str] = set()
+    for folder in model_search_path():
+        if folder.is_dir():
+            names.update(p.parent.name for p in folder.glob(f"*/{MANIFEST}"))
+    return sorted(names)
+
+
+def resolve_model(name: str) -> Path:
+    """The folder of model ``name`` (a name or a path), or a one-line error."""
+    candidate = Path(name)
+    if (candidate / MANIFEST).is_file():
+        return candidate
+    if os.sep not in name and "/" not in name:
+        for folder in model_search_path():
+            if (folder / name / MANIFEST).is_file():
+                return folder / name
+    known = ", ".join(available_models()) or "none"
+    raise VostrackError(f"unknown model {name!r} (installed models: {known}; a path to a model "
+                        f"folder with a {MANIFEST} also works)")
+
+
+def read_manifest(model_dir: Path) -> dict:
+    try:
+        return json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise VostrackError(f"model {model_dir}: unreadable {MANIFEST} ({exc})") from None
+
+
+def load_propagator(name: str, runtime: str = "frozen") -> tuple[Propagator, dict]:
+    """Load model ``name`` for ``runtime``; returns the propagator and a description of it."""
+    if runtime not in RUNTIMES:
+        raise VostrackError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+    model_dir = resolve_model(name)
+    manifest = read_manifest(model_dir)
+    fmt = manifest.get("format")
+    raise VostrackError(f"model {name!r} has format {fmt!r}, which this version of vostrack "
+                        "cannot run")
