@@ -109,7 +109,7 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
             overlay: Path | None, model: str, runtime: str, fps: float | None, overwrite: bool,
             resume: bool, quiet: bool) -> None:
     """Segment the objects given by --mask on every frame of INPUT (a video or a frame folder)."""
-    from vostrack.inference.pipeline import OutputOptions, segment_video
+    from vostrack.inference.pipeline import OutputOptions, SegmentRun
     from vostrack.io.frames import open_frames
     from vostrack.io.masks import MaskReader, load_annotations
     from vostrack.registry import load_propagator
@@ -120,12 +120,13 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
     if overlay is not None and overlay.suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv"):
         raise VostrackError(f"overlay {overlay}: give an .mp4 file name")
     propagator, model_info = load_propagator(model, runtime)
+    options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
+    job = SegmentRun(source, annotations, propagator, options, model_info)
     if not quiet:
         _report_inputs(source, annotations, reader)
-    options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
     if threading_is_main():
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    summary = segment_video(source, annotations, propagator, options, model_info)
+    summary = job.run()
     click.echo(f"{summary['frames_done']} frames, {len(summary['objects'])} object(s) "
                f"-> {output_dir}" + (f" and {overlay}" if overlay else "")
                + (f" ({summary['frames_per_second']} frames/s)" if summary.get("frames_per_second") else ""))
@@ -196,16 +197,24 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
 def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime: str,
                    overwrite: bool, quiet: bool) -> None:
     """Run the segment job on each sequence from its first annotated frame."""
+    import numpy as np
+
     from vostrack.inference.pipeline import OutputOptions, segment_video
     from vostrack.io.frames import open_frames
-    from vostrack.io.masks import load_annotations
+    from vostrack.io.masks import Annotation
     from vostrack.registry import load_propagator
 
     propagator, model_info = load_propagator(model, runtime)
     for seq in seqs:
-        source = open_frames(tree.frames_dir(seq))
-        first = tree.annotation_path(seq, tree.frame_names(seq)[0])
-        annotations = load_annotations([first], [], source)
+        source = open_frames(tree.images_dir / seq)
+        first = tree.frame_names(seq)[0]
+        # The tree's own reading of the annotation (2016: one object; 2017: 255 is void).
+        _, masks, _ = next(tree.iter_ground_truth(seq, [first]))
+        labels = np.zeros(masks.shape[1:], np.uint8)
+        for k, mask in enumerate(masks, start=1):
+            labels[mask] = k
+        annotations = [Annotation(source.frame_names.index(first), labels,
+                                  (tree.annotation_path(seq, first),))]
         options = OutputOptions(output_dir / seq, overwrite=overwrite, progress=not quiet)
         if not quiet:
             click.echo(seq, err=True)

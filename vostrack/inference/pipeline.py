@@ -51,60 +51,76 @@ class OutputOptions:
 def segment_video(source: FrameSource, annotations: list[Annotation], propagator: Propagator,
                   options: OutputOptions, model: dict | None = None) -> dict:
     """Segment every frame of ``source``; returns the summary that is also written to disk."""
-    if options.resume and options.overwrite:
-        raise VostrackError("--resume and --overwrite exclude each other: resume keeps what "
-                            "was written, overwrite starts again")
-    job = _job_record(source, annotations, model or {"name": getattr(propagator, "name", "?")})
-    start = _resume_point(Path(options.output_dir), source, job, options) if options.resume else 0
-    output_dir = _prepare_output_dir(options)
-    if not options.resume:
-        _refuse_or_clear_existing(output_dir, source, options)
-    summary = {**job, "status": "running", "output_dir": str(output_dir),
-               "overlay": str(options.overlay) if options.overlay else None,
-               "frames_done": start, "resumed_from": start if options.resume else None}
-    write_json(output_dir / SUMMARY_NAME, summary)
+    return SegmentRun(source, annotations, propagator, options, model).run()
 
-    overlay = (OverlayVideo(options.overlay, source.width, source.height, source.fps)
-               if options.overlay else None)
-    writer = ResultWriter(output_dir, source.frame_names, overlay)
-    annotated = {a.frame: a.labels for a in annotations}
-    segmenter = VideoSegmenter(propagator)
-    bar = tqdm(total=source.num_frames, initial=start, unit="frame", disable=not options.progress,
-               dynamic_ncols=True, leave=True)
-    started_at = time.perf_counter()
-    try:
-        for index, frame in enumerate(prefetch(source)):
-            if index < start:
-                _replay(segmenter, writer, output_dir, source, index, frame, annotated,
-                        is_last=index == start - 1, need_frame=overlay is not None)
-                continue
-            labels = segmenter.step(frame, annotated.get(index))
-            writer.put(FrameResult(index, labels, frame if overlay else None))
-            bar.update(1)
-        writer.close()
-    except BaseException as exc:
-        writer.abort()
+
+class SegmentRun:
+    """One segment job. Creating it checks (and claims) the outputs, so every problem is
+    reported before any work is done; :meth:`run` does the work."""
+
+    def __init__(self, source: FrameSource, annotations: list[Annotation],
+                 propagator: Propagator, options: OutputOptions, model: dict | None = None):
+        if options.resume and options.overwrite:
+            raise VostrackError("--resume and --overwrite exclude each other: resume keeps "
+                                "what was written, overwrite starts again")
+        self.source, self.annotations, self.propagator = source, annotations, propagator
+        self.options = options
+        job = _job_record(source, annotations,
+                          model or {"name": getattr(propagator, "name", "?")})
+        self.start = (_resume_point(Path(options.output_dir), source, job, options)
+                      if options.resume else 0)
+        self.output_dir = _prepare_output_dir(options)
+        if not options.resume:
+            _refuse_or_clear_existing(self.output_dir, source, options)
+        self.summary = {**job, "status": "running", "output_dir": str(self.output_dir),
+                        "overlay": str(options.overlay) if options.overlay else None,
+                        "frames_done": self.start,
+                        "resumed_from": self.start if options.resume else None}
+        write_json(self.output_dir / SUMMARY_NAME, self.summary)
+
+    def run(self) -> dict:
+        source, options, start, summary = self.source, self.options, self.start, self.summary
+        overlay = (OverlayVideo(options.overlay, source.width, source.height, source.fps)
+                   if options.overlay else None)
+        writer = ResultWriter(self.output_dir, source.frame_names, overlay)
+        annotated = {a.frame: a.labels for a in self.annotations}
+        segmenter = VideoSegmenter(self.propagator)
+        bar = tqdm(total=source.num_frames, initial=start, unit="frame",
+                   disable=not options.progress, dynamic_ncols=True, leave=True)
+        started_at = time.perf_counter()
+        try:
+            for index, frame in enumerate(prefetch(source)):
+                if index < start:
+                    _replay(segmenter, writer, self.output_dir, source, index, frame, annotated,
+                            is_last=index == start - 1, need_frame=overlay is not None)
+                    continue
+                labels = segmenter.step(frame, annotated.get(index))
+                writer.put(FrameResult(index, labels, frame if overlay else None))
+                bar.update(1)
+            writer.close()
+        except BaseException as exc:
+            writer.abort()
+            bar.close()
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            summary.update(status="interrupted" if interrupted else "failed",
+                           frames_done=writer.frames_written, areas=_areas(writer))
+            if not interrupted:
+                summary["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            write_json(self.output_dir / SUMMARY_NAME, summary)
+            if interrupted:
+                raise InterruptedRun(
+                    f"interrupted after {writer.frames_written} of {source.num_frames} frames; "
+                    f"run the same command with --resume to continue") from None
+            raise
         bar.close()
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        summary.update(status="interrupted" if interrupted else "failed",
-                       frames_done=writer.frames_written, areas=_areas(writer))
-        if not interrupted:
-            summary["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        write_json(output_dir / SUMMARY_NAME, summary)
-        if interrupted:
-            raise InterruptedRun(
-                f"interrupted after {writer.frames_written} of {source.num_frames} frames; "
-                f"run the same command with --resume to continue") from None
-        raise
-    bar.close()
-    runtime = time.perf_counter() - started_at
-    processed = source.num_frames - start
-    summary.update(status="complete", frames_done=source.num_frames,
-                   runtime_s=round(runtime, 3),
-                   frames_per_second=round(processed / runtime, 3) if runtime > 0 else None,
-                   areas=_areas(writer))
-    write_json(output_dir / SUMMARY_NAME, summary)
-    return summary
+        runtime = time.perf_counter() - started_at
+        processed = source.num_frames - start
+        summary.update(status="complete", frames_done=source.num_frames,
+                       runtime_s=round(runtime, 3),
+                       frames_per_second=round(processed / runtime, 3) if runtime > 0 else None,
+                       areas=_areas(writer))
+        write_json(self.output_dir / SUMMARY_NAME, summary)
+        return summary
 
 
 def _replay(segmenter: VideoSegmenter, writer: ResultWriter, output_dir: Path,

@@ -1,0 +1,83 @@
+"""Shared fixtures: small generated videos and masks, and the network test double."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from tests.doubles import ColourPropagator
+from vostrack.io.palette import write_label_png
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_video(path: Path, frames, fps: float = 10.0, crf: int = 12) -> Path:
+    """Encode RGB frames as H.264 mp4 (nearly lossless, so colours survive)."""
+    frames = list(frames)
+    height, width = frames[0].shape[:2]
+    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
+                                         pix_fmt_out="yuv444p", macro_block_size=1,
+                                         output_params=["-crf", str(crf)],
+                                         ffmpeg_log_level="error")
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+def squares_clip(num_frames: int = 12, height: int = 64, width: int = 96,
+                 appear_at: dict[int, int] | None = None):
+    """Flat-colour squares moving over a dark background: exact ground truth, and colours that
+    survive video compression, so the colour double tracks them perfectly."""
+    appear_at = appear_at or {}
+    colours = {1: (230, 40, 40), 2: (40, 200, 60), 3: (60, 80, 230)}
+    frames = np.zeros((num_frames, height, width, 3), np.uint8)
+    frames[:] = (20, 20, 20)
+    labels = np.zeros((num_frames, height, width), np.uint8)
+    for t in range(num_frames):
+        for k, colour in colours.items():
+            if t < appear_at.get(k, 0):
+                continue
+            y = 8 + 14 * (k - 1)
+            x = 4 + 2 * t + 10 * (k - 1)
+            frames[t, y:y + 12, x:x + 12] = colour
+            labels[t, y:y + 12, x:x + 12] = k
+    return frames, labels
+
+
+@pytest.fixture
+def squares(tmp_path):
+    """(video path, frames, labels, first-frame mask path) of a 12-frame 64x96 clip."""
+    frames, labels = squares_clip()
+    video = write_video(tmp_path / "squares.mp4", frames)
+    mask = tmp_path / "mask.png"
+    write_label_png(mask, labels[0])
+    return video, frames, labels, mask
+
+
+def write_frame_folder(folder: Path, frames, names=None, ext: str = ".png") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = names or [f"{i:05d}" for i in range(len(frames))]
+    paths = []
+    for name, frame in zip(names, frames):
+        path = folder / f"{name}{ext}"
+        cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def double(monkeypatch):
+    """Make every model name load the colour double (the network is not part of this test)."""
+    propagator = ColourPropagator()
+
+    def load(name, runtime="frozen"):
+        return propagator, {"name": name, "runtime": runtime, "kind": "test-double"}
+
+    monkeypatch.setattr("vostrack.registry.load_propagator", load)
+    return propagator

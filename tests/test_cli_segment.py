@@ -1,0 +1,236 @@
+"""`vostrack segment` end to end through the real CLI, video codecs and writers; the network is
+the colour test double (tests/doubles.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.conftest import squares_clip, write_frame_folder, write_video
+from tests.doubles import ColourPropagator
+from vostrack.cli import cli
+from vostrack.io.palette import DAVIS_PALETTE, read_label_png, write_label_png
+from vostrack.io.writers import render_overlay
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def read_outputs(folder, names):
+    return np.stack([read_label_png(folder / f"{n}.png") for n in names])
+
+
+def iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+
+
+def test_video_in_palette_pngs_overlay_and_summary_out(tmp_path, squares, double):
+    video, frames, labels, mask = squares
+    out, overlay = tmp_path / "out", tmp_path / "overlay.mp4"
+    result = run("segment", video, "--mask", mask, "-o", out, "--overlay", overlay, "--quiet")
+    assert result.exit_code == 0, result.output
+    names = [f"{i:05d}" for i in range(len(frames))]
+    assert sorted(p.name for p in out.glob("*.png")) == [f"{n}.png" for n in names]
+    with Image.open(out / "00003.png") as image:
+        assert image.mode == "P"
+        assert np.array_equal(np.array(image.getpalette()[:12]).reshape(4, 3), DAVIS_PALETTE[:4])
+    masks = read_outputs(out, names)
+    assert np.array_equal(masks[0], labels[0])
+    for t in range(len(frames)):  # the double tracks flat squares exactly: frames are in order
+        for k in (1, 2, 3):
+            assert iou(masks[t] == k, labels[t] == k) > 0.9, (t, k)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete"
+    assert summary["input"]["num_frames"] == len(frames) and summary["input"]["fps"] == 10.0
+    assert summary["objects"] == [1, 2, 3]
+    assert summary["model"]["name"] == "default"
+    assert summary["frames_per_second"] > 0 and summary["runtime_s"] > 0
+    for k in (1, 2, 3):
+        assert summary["areas"][str(k)] == [int((m == k).sum()) for m in masks]
+
+    reader = imageio_ffmpeg.read_frames(str(overlay))
+    meta = next(reader)
+    shown = [np.frombuffer(f, np.uint8).reshape(64, 96, 3) for f in reader]
+    assert meta["fps"] == 10.0 and len(shown) == len(frames)
+    for t in (0, 5, 11):  # what was encoded is the frame with its masks drawn in
+        expected = render_overlay(frames[t], masks[t]).astype(float)
+        assert np.abs(shown[t] - expected).mean() < 4
+        assert np.abs(shown[t] - frames[t].astype(float))[masks[t] > 0].mean() > 30
+    assert not list(tmp_path.glob(".*tmp*")) and not list(out.glob(".*tmp*"))
+
+
+def test_frame_folder_natural_order_and_names(tmp_path, double):
+    frames, labels = squares_clip(num_frames=11)
+    names = [f"frame{i}" for i in range(11)]  # frame10 must come after frame9, not frame1
+    write_frame_folder(tmp_path / "frames", frames, names, ext=".jpg")
+    write_label_png(tmp_path / "mask.png", labels[0])
+    out = tmp_path / "out"
+    result = run("segment", tmp_path / "frames", "--mask", tmp_path / "mask.png", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(names)
+    masks = read_outputs(out, names)
+    for t in range(11):
+        assert iou(masks[t] == 1, labels[t] == 1) > 0.8, t
+
+
+def test_mask_on_later_frame_by_option_and_by_name(tmp_path, squares, double):
+    video, frames, labels, _ = squares
+    write_label_png(tmp_path / "m.png", labels[4])
+    out = tmp_path / "a"
+    result = run("segment", video, "--mask", tmp_path / "m.png", "--mask-frame", 4, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    masks = read_outputs(out, [f"{i:05d}" for i in range(12)])
+    assert not masks[:4].any()  # before the annotated frame: no object yet
+    assert np.array_equal(masks[4], labels[4]) and iou(masks[11] == 2, labels[11] == 2) > 0.9
+
+    named = tmp_path / "masks" / "00004.png"
+    named.parent.mkdir()
+    write_label_png(named, labels[4])
+    result = run("segment", video, "--mask", named, "-o", tmp_path / "b", "-q")
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(read_outputs(tmp_path / "b", [f"{i:05d}" for i in range(12)]), masks)
+
+
+def test_objects_that_appear_later_get_their_own_masks(tmp_path, double):
+    frames, labels = squares_clip(num_frames=12, appear_at={3: 6})
+    video = write_video(tmp_path / "v.mp4", frames)
+    first = labels[0].copy()
+    later = np.where(labels[6] == 3, 3, 0).astype(np.uint8)  # holds only the new object
+    write_label_png(tmp_path / "00000.png", first)
+    write_label_png(tmp_path / "00006.png", later)
+    out = tmp_path / "out"
+    result = run("segment", video, "--mask", tmp_path / "00000.png", "--mask",
+                 tmp_path / "00006.png", "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    masks = read_outputs(out, [f"{i:05d}" for i in range(12)])
+    assert not (masks[:6] == 3).any()
+    for t in range(6, 12):
+        for k in (1, 2, 3):
+            assert iou(masks[t] == k, labels[t] == k) > 0.9, (t, k)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [a["frame"] for a in summary["annotations"]] == [0, 6]
+    assert summary["areas"]["3"][:6] == [0] * 6 and summary["areas"]["3"][6] == (labels[6] == 3).sum()
+
+
+def test_mask_folder_places_each_mask_on_its_frame(tmp_path, double):
+    frames, labels = squares_clip(num_frames=8, appear_at={2: 3})
+    write_frame_folder(tmp_path / "frames", frames)
+    masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    write_label_png(masks_dir / "00000.png", labels[0])
+    write_label_png(masks_dir / "00003.png", np.where(labels[3] == 2, 2, 0).astype(np.uint8))
+    out = tmp_path / "out"
+    result = run("segment", tmp_path / "frames", "--mask", masks_dir, "-o", out, "-q")
+    assert result.exit_code == 0, result.output
+    masks = read_outputs(out, [f"{i:05d}" for i in range(8)])
+    assert (masks[2] != 2).all() and iou(masks[7] == 2, labels[7] == 2) > 0.9
+
+
+def test_rgb_colour_mask_reports_ids(tmp_path, squares, double):
+    video, frames, labels, _ = squares
+    colour_mask = np.zeros(labels[0].shape + (3,), np.uint8)
+    colour_mask[labels[0] == 1] = (255, 255, 0)
+    colour_mask[labels[0] == 2] = (0, 255, 255)
+    Image.fromarray(colour_mask).save(tmp_path / "colours.png")
+    result = run("segment", video, "--mask", tmp_path / "colours.png", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "object 1 = colour #ffff00" in result.output
+    assert "object 2 = colour #00ffff" in result.output
+    assert np.array_equal(read_label_png(tmp_path / "out" / "00000.png"),
+                          np.where(labels[0] == 3, 0, labels[0]))
+
+
+def test_mask_one_pixel_narrower_is_resized_with_a_warning(tmp_path, squares, double):
+    video, frames, labels, _ = squares
+    write_label_png(tmp_path / "narrow.png", labels[0][:, :-1])  # like judo's 853-px mask
+    result = run("segment", video, "--mask", tmp_path / "narrow.png", "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and "resizing" in result.stderr
+    assert read_label_png(tmp_path / "out" / "00000.png").shape == (64, 96)
+
+
+def test_overwrite_replaces_and_removes_stale_frames(tmp_path, squares, double):
+    video, frames, labels, mask = squares
+    out = tmp_path / "out"
+    assert run("segment", video, "--mask", mask, "-o", out, "-q").exit_code == 0
+    before = (out / "00005.png").read_bytes()
+    refused = run("segment", video, "--mask", mask, "-o", out, "-q")
+    assert refused.exit_code != 0 and "--overwrite" in refused.stderr
+    assert (out / "00005.png").read_bytes() == before
+    result = run("segment", video, "--mask", mask, "-o", out, "-q", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("how", ["keyboard", "sigint"])
+def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, how):
+    frames, labels = squares_clip(num_frames=12, appear_at={3: 6})
+    video = write_video(tmp_path / "v.mp4", frames)
+    write_label_png(tmp_path / "00000.png", labels[0])
+    write_label_png(tmp_path / "00006.png", np.where(labels[6] == 3, 3, 0).astype(np.uint8))
+    args = ["segment", video, "--mask", tmp_path / "00000.png", "--mask", tmp_path / "00006.png",
+            "-q", "--overlay"]
+
+    def use(propagator):
+        monkeypatch.setattr("vostrack.registry.load_propagator",
+                            lambda name, runtime="frozen": (propagator, {"name": name}))
+
+    use(ColourPropagator())
+    assert run(*args, tmp_path / "full.mp4", "-o", tmp_path / "full").exit_code == 0
+
+    stopper = ColourPropagator(interrupt_at=None if how == "sigint" else 9)
+    if how == "sigint":  # a real Ctrl-C: the signal arrives while the loop runs
+        real_step = stopper.step
+
+        def step(frame, reference, state):
+            if stopper.steps == 8:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_step(frame, reference, state)
+
+        stopper.step = step
+    use(stopper)
+    out, overlay = tmp_path / "out", tmp_path / "overlay.mp4"
+    stopped = run(*args, overlay, "-o", out)
+    assert stopped.exit_code == 130, stopped.output
+    assert "--resume" in stopped.stderr and len(stopped.stderr.strip().splitlines()) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    done = summary["frames_done"]
+    assert 0 < done < 12 and len(list(out.glob("*.png"))) == done
+    assert not overlay.exists() and not list(tmp_path.glob(".overlay*"))
+
+    use(ColourPropagator())
+    resumed = run(*args, overlay, "-o", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    names = [f"{i:05d}" for i in range(12)]
+    assert np.array_equal(read_outputs(out, names), read_outputs(tmp_path / "full", names))
+    summary = json.loads((out / "summary.json").read_text())
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["resumed_from"] == done
+    assert summary["areas"] == full["areas"]
+    assert imageio_ffmpeg.count_frames_and_secs(str(overlay))[0] == 12
+
+    again = run(*args, overlay, "-o", out, "--resume")
+    assert again.exit_code != 0 and "complete" in again.stderr
+
+
+def test_resume_refuses_a_different_job(tmp_path, squares, double):
+    video, frames, labels, mask = squares
+    out = tmp_path / "out"
+    (out).mkdir()
+    double.interrupt_at = 3
+    assert run("segment", video, "--mask", mask, "-o", out, "-q").exit_code == 130
+    other = tmp_path / "other.png"
+    write_label_png(other, np.where(labels[0] == 1, 1, 0).astype(np.uint8))
+    result = run("segment", video, "--mask", other, "-o", out, "-q", "--resume")
+    assert result.exit_code != 0 and "another masks" in result.stderr
