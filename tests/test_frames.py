@@ -1,0 +1,66 @@
+"""Frame sources: natural order, names, streaming, probing of damaged videos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import squares_clip, write_frame_folder, write_video
+from vostrack.errors import VostrackError
+from vostrack.io.frames import natural_key, open_frames
+
+
+def test_natural_key_orders_numbers_as_numbers():
+    names = ["frame10.jpg", "frame2.jpg", "Frame1.jpg", "frame1b.jpg", "a.jpg"]
+    assert sorted(names, key=natural_key) == ["a.jpg", "Frame1.jpg", "frame1b.jpg", "frame2.jpg",
+                                              "frame10.jpg"]
+
+
+def test_folder_frames_come_in_natural_order(tmp_path):
+    frames = np.stack([np.full((8, 10, 3), 10 * i, np.uint8) for i in range(12)])
+    write_frame_folder(tmp_path, frames, [f"f{i}" for i in range(12)])
+    (tmp_path / "notes.txt").write_text("not a frame")
+    source = open_frames(tmp_path)
+    assert source.kind == "frames" and source.num_frames == 12 and source.size == (8, 10)
+    assert source.frame_names == tuple(f"f{i}" for i in range(12))
+    assert [int(f[0, 0, 0]) for f in source] == [10 * i for i in range(12)]
+
+
+def test_folder_with_a_frame_of_another_size(tmp_path):
+    write_frame_folder(tmp_path, [np.zeros((8, 10, 3), np.uint8), np.zeros((9, 10, 3), np.uint8)])
+    with pytest.raises(VostrackError, match="must have one size"):
+        list(open_frames(tmp_path))
+
+
+def test_folder_with_duplicate_names(tmp_path):
+    write_frame_folder(tmp_path, [np.zeros((8, 10, 3), np.uint8)], ["a"], ext=".png")
+    write_frame_folder(tmp_path, [np.zeros((8, 10, 3), np.uint8)], ["a"], ext=".jpg")
+    with pytest.raises(VostrackError, match="two frames are named 'a'"):
+        open_frames(tmp_path)
+
+
+def test_video_frames_names_rate_and_content(tmp_path):
+    frames, _ = squares_clip(num_frames=7)
+    source = open_frames(write_video(tmp_path / "v.mp4", frames, fps=12.5))
+    assert (source.kind, source.num_frames, source.fps, source.size) == ("video", 7, 12.5, (64, 96))
+    assert source.frame_names[0] == "00000" and source.frame_names[-1] == "00006"
+    decoded = np.stack(list(source))
+    assert np.abs(decoded.astype(int) - frames).mean() < 3  # RGB order, right frames
+
+
+def test_video_stream_can_stop_early_and_restart(tmp_path):
+    frames, _ = squares_clip(num_frames=10)
+    source = open_frames(write_video(tmp_path / "v.mp4", frames))
+    first = next(iter(source))
+    assert np.array_equal(first, next(iter(source)))
+
+
+def test_single_image_is_not_a_video(tmp_path):
+    write_frame_folder(tmp_path, [np.zeros((8, 10, 3), np.uint8)], ["only"])
+    with pytest.raises(VostrackError, match="single image"):
+        open_frames(tmp_path / "only.png")
+
+
+def test_fps_override_for_folders(tmp_path):
+    write_frame_folder(tmp_path, [np.zeros((8, 10, 3), np.uint8)])
+    assert open_frames(tmp_path).fps == 24.0 and open_frames(tmp_path, fps=5).fps == 5.0
