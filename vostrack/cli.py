@@ -249,5 +249,23 @@ def export() -> None:
     _not_available("export")
 
 
+# --------------------------------------------------------------------------- import-backbone
+@cli.command("import-backbone")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="The Keras weights file to write (*.weights.h5).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def import_backbone(checkpoint: Path, output: Path, overwrite: bool) -> None:
+    """Convert the official TF1 ResNet-50 v2 checkpoint (TF model zoo r1.8 official/resnet)
+    into Keras weights of the resnet50_v2 backbone (with its 1001-class top).
+
+    CHECKPOINT is the checkpoint prefix (model.ckpt-225207), one of its files, or its folder.
+    """
+    from vostrack.network.tf1_checkpoint import convert_resnet_v2_checkpoint
+
+    convert_resnet_v2_checkpoint(checkpoint, output, "resnet50_v2", overwrite=overwrite)
+    click.echo(f"wrote {output}")
+
+
 def main() -> None:
     cli(prog_name="vostrack")
