@@ -7,6 +7,7 @@ stderr with a non-zero exit code; ``--debug`` shows tracebacks instead.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from vostrack.errors import VostrackError
 from vostrack.registry import DEFAULT_MODEL, RUNTIMES
 
 log = logging.getLogger("vostrack")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter is not for users
 
 
 class _Group(click.Group):
@@ -237,16 +239,96 @@ def train() -> None:
     _not_available("train")
 
 
-@cli.command("validate-backbone", context_settings=_NEEDS_MODEL)
-def validate_backbone() -> None:
-    """Top-1/top-5 of a backbone on ImageNet val (needs the model: not available yet)."""
-    _not_available("validate-backbone")
+@cli.command("validate-backbone")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path),
+              help="ImageNet-2012 val images: flat (ILSVRC2012_val_00000001.JPEG ...) or one "
+                   "folder per synset (n01440764/...). Required.")
+@click.option("--labels", "labels_path", type=click.Path(path_type=Path),
+              help="Ground truth, told by its columns: the devkit's "
+                   "ILSVRC2012_validation_ground_truth.txt (one 1-based ILSVRC2012_ID per line, "
+                   "devkit class order; needs --synsets), or two columns 'IMAGE LABEL' with "
+                   "0-based labels in sorted-synset order (val.txt). Optional with synset "
+                   "folders (then checked against them).")
+@click.option("--synsets", "synsets_path", type=click.Path(path_type=Path),
+              help="The devkit's 1000 synsets in ILSVRC2012_ID order: one wnid per line (line i "
+                   "= ID i), or lines 'ID wnid ...' / 'wnid ID ...' (a meta.mat text export, "
+                   "map_clsloc.txt). Converts a devkit ground truth to sorted-synset order; "
+                   "with synset folders, names the 1000 classes when fewer folders are given.")
+@click.option("--backbone", type=click.Choice(["efficientnet_lite2", "resnet50_v2"]),
+              default="efficientnet_lite2", show_default=True,
+              help="efficientnet_lite2: weights from its package, TPU-repo eval (central "
+                   "260/292 crop, bicubic to 260). resnet50_v2: needs --checkpoint, r1.8 eval "
+                   "(short side 256, centre 224, minus means); its background logit 0 is "
+                   "dropped.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="resnet50_v2 only, required: the TF1 checkpoint (prefix or folder) or a "
+                   ".weights.h5 converted from it. The official one, "
+                   "resnet_v2_imagenet_checkpoint of tensorflow/models r1.8, scores top-1 "
+                   "76.47 %.")
+@click.option("--limit", type=click.IntRange(min=1),
+              help="Evaluate only the first N images (in file-name order), for a quick check.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_path: Path | None,
+                      backbone: str, checkpoint: Path | None, limit: int | None,
+                      batch_size: int, quiet: bool) -> None:
+    """Top-1 / top-5 of a backbone's ImageNet classifier on ImageNet-2012 val.
+
+    Classes are numbered in sorted-synset order (the 1000 wnids sorted: 0 = n01440764 tench,
+    285 = n02124075 Egyptian cat); a devkit ground truth is converted with --synsets. Prints
+    'top-1 xx.xx %  top-5 yy.yy %  (N images)'.
+    """
+    from vostrack.evaluation.imagenet import check_weights, evaluate, load_val_set
+
+    if data_dir is None:
+        raise VostrackError("give --data, the ImageNet-2012 val folder")
+    check_weights(backbone, checkpoint)
+    val_set = load_val_set(data_dir, labels_path, synsets_path).head(limit)
+    if not quiet:
+        click.echo(f"{data_dir}: {len(val_set)} images ({val_set.layout})", err=True)
+    result = evaluate(val_set, backbone, checkpoint, batch_size=batch_size, progress=not quiet)
+    click.echo(result.line())
 
 
-@cli.command(context_settings=_NEEDS_MODEL)
-def export() -> None:
-    """Export a model as a frozen graph + SavedModel (needs the model: not available yet)."""
-    _not_available("export")
+@cli.command()
+@click.option("--model", help="An installed model (name or folder) to export again from its "
+                              "Keras weights.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="A model config (JSON, e.g. configs/matching.json): build it from the "
+                   "backbone's ImageNet weights (needs the train extra).")
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(path_type=Path),
+              help="The model folder to write (frozen.pb, saved_model/, weights, manifest.json).")
+@click.option("--name", help="Model name recorded in the manifest (default: the folder's name).")
+@click.option("--no-saved-model", is_flag=True, help="Skip the SavedModel (smaller folder).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
+def export(model: str | None, config_path: Path | None, output_dir: Path, name: str | None,
+           no_saved_model: bool, overwrite: bool) -> None:
+    """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
+    import json
+
+    from vostrack.network.config import ModelConfig
+    from vostrack.network.vos import VosNetwork
+    from vostrack.registry import read_manifest, resolve_model
+    from vostrack.serving.export import export_model
+
+    if (model is None) == (config_path is None):
+        raise VostrackError("give one of --model (an installed model) or --config (a config file)")
+    if output_dir.exists() and not overwrite:
+        raise VostrackError(f"{output_dir} already exists; use --overwrite to replace it")
+    if config_path is not None:
+        try:
+            config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise VostrackError(f"cannot read config {config_path}: {exc}") from None
+        network = VosNetwork(config, weights="imagenet")
+    else:
+        model_dir = resolve_model(model)
+        config = ModelConfig.from_dict(read_manifest(model_dir)["config"])
+        network = VosNetwork(config, weights=None)
+        network.encoder.load_weights(str(model_dir / read_manifest(model_dir)["files"]["keras_weights"]))
+    export_model(network, output_dir, name or output_dir.name, overwrite=overwrite,
+                 saved_model=not no_saved_model)
+    click.echo(f"exported {output_dir}")
 
 
 # --------------------------------------------------------------------------- import-backbone

@@ -65,5 +65,31 @@ def load_propagator(name: str, runtime: str = "frozen") -> tuple[Propagator, dic
     model_dir = resolve_model(name)
     manifest = read_manifest(model_dir)
     fmt = manifest.get("format")
-    raise VostrackError(f"model {name!r} has format {fmt!r}, which this version of vostrack "
-                        "cannot run")
+    from vostrack.serving.export import FORMAT
+
+    if fmt != FORMAT:
+        raise VostrackError(f"model {name!r} has format {fmt!r}, which this version of vostrack "
+                            "cannot run")
+    from vostrack.inference.propagator import MatchingPropagator
+    from vostrack.network.config import ModelConfig
+
+    config = ModelConfig.from_dict(manifest["config"])
+    files = manifest.get("files", {})
+    try:
+        if runtime == "frozen":
+            from vostrack.inference.runtimes import FrozenRuntime
+
+            backend = FrozenRuntime(model_dir / files["frozen_graph"], config, manifest["tensors"])
+        else:
+            from vostrack.inference.runtimes import KerasRuntime
+            from vostrack.network.vos import VosNetwork
+
+            network = VosNetwork(config, weights=None)
+            network.encoder.load_weights(str(model_dir / files["keras_weights"]))
+            backend = KerasRuntime(network)
+    except (KeyError, OSError, ValueError) as exc:
+        raise VostrackError(f"model {name!r} in {model_dir} is incomplete or damaged "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    info = {"name": name, "path": str(model_dir), "runtime": runtime, "format": fmt,
+            "version": manifest.get("version"), "backbone": config.backbone}
+    return MatchingPropagator(backend, name=name), info

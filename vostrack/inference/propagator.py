@@ -1,0 +1,99 @@
+"""MatchingPropagator: the per-frame contract (contract.py) on top of a runtime.
+
+The runtime (Keras model on any backend, or the frozen TF graph: runtimes.py) computes; this
+class owns nothing but the bookkeeping of one video's reference and state, as small typed
+values: which channel is which object, and the bounded memory of encoded frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+
+from vostrack.network.config import ModelConfig
+
+
+class Runtime(Protocol):
+    """The three graph functions of the network, on numpy arrays."""
+
+    config: ModelConfig
+
+    def encode_frame(self, frame: np.ndarray) -> np.ndarray: ...
+
+    def encode_mask(self, probs: np.ndarray) -> np.ndarray: ...
+
+    def read_memory(self, key: np.ndarray, memory_keys: np.ndarray, memory_probs: np.ndarray,
+                    memory_local: np.ndarray, memory_valid: np.ndarray,
+                    frame_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class MemoryFrame:
+    key: np.ndarray  # (h, w, C) float32
+    probs: np.ndarray  # (h, w, K+1) float32, channel 0 = background
+
+    def with_objects(self, old_ids: tuple[int, ...], new_ids: tuple[int, ...]) -> "MemoryFrame":
+        """The same frame with channels for objects it has never seen (probability 0)."""
+        if old_ids == new_ids:
+            return self
+        probs = np.zeros(self.probs.shape[:2] + (len(new_ids) + 1,), np.float32)
+        probs[..., 0] = self.probs[..., 0]
+        for channel, k in enumerate(old_ids, start=1):
+            probs[..., new_ids.index(k) + 1] = self.probs[..., channel]
+        return replace(self, probs=probs)
+
+
+@dataclass(frozen=True)
+class MatchingReference:
+    object_ids: tuple[int, ...]  # channel c (1-based) holds object object_ids[c - 1]
+    frames: tuple[MemoryFrame, ...]  # annotated frames, searched over the whole frame
+    last_frame: np.ndarray  # the last annotated image: initial_state reuses its encoding
+
+
+@dataclass(frozen=True)
+class MatchingState:
+    recent: tuple[MemoryFrame, ...] = field(default_factory=tuple)  # newest last
+
+
+class MatchingPropagator:
+    """Label propagation against a bounded memory: annotated frames + the last few frames."""
+
+    def __init__(self, runtime: Runtime, name: str = "vostrack"):
+        self.runtime = runtime
+        self.name = name
+        self.config = runtime.config.matching
+
+    def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
+                         previous: MatchingReference | None = None) -> MatchingReference:
+        old_ids = previous.object_ids if previous else ()
+        ids = tuple(sorted(set(old_ids) | {int(k) for k in np.unique(labels) if k}))
+        encoded = self._encode(frame, labels, ids)
+        frames = tuple(f.with_objects(old_ids, ids) for f in previous.frames) if previous else ()
+        if len(frames) >= self.config.max_references:
+            frames = frames[:1] + frames[2:]  # the first annotation is never dropped
+        return MatchingReference(ids, frames + (encoded,), frame)
+
+    def initial_state(self, frame: np.ndarray, labels: np.ndarray,
+                      reference: MatchingReference) -> MatchingState:
+        if np.array_equal(frame, reference.last_frame):
+            return MatchingState((reference.frames[-1],))
+        return MatchingState((self._encode(frame, labels, reference.object_ids),))
+
+    def step(self, frame: np.ndarray, reference: MatchingReference,
+             state: MatchingState) -> tuple[np.ndarray, MatchingState]:
+        memory = reference.frames + state.recent
+        ids = reference.object_ids
+        key = self.runtime.encode_frame(frame)
+        index, grid = self.runtime.read_memory(
+            key, np.stack([m.key for m in memory]), np.stack([m.probs for m in memory]),
+            np.array([False] * len(reference.frames) + [True] * len(state.recent)),
+            np.ones(len(memory), bool), frame.shape[:2])
+        lut = np.array((0,) + ids, dtype=np.uint8)
+        recent = (state.recent + (MemoryFrame(key, grid),))[-self.config.memory_frames:]
+        return lut[index], MatchingState(recent)
+
+    def _encode(self, frame: np.ndarray, labels: np.ndarray, ids: tuple[int, ...]) -> MemoryFrame:
+        onehot = (labels[..., None] == np.array((0,) + ids, np.uint8)).astype(np.float32)
+        return MemoryFrame(self.runtime.encode_frame(frame), self.runtime.encode_mask(onehot))

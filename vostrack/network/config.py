@@ -1,0 +1,64 @@
+"""Model configuration: one dataclass tree, saved as JSON next to the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MatchingConfig:
+    """Label propagation by pixel matching against a bounded memory (STM/XMem-style read with
+    top-k softmax, as in label-propagation studies of pretrained features)."""
+
+    level: str = "C4"  # backbone level used as matching key (stride 16)
+    top_k: int = 10
+    temperature: float = 0.05
+    #: Previous frames kept in memory (searched within ``local_radius`` cells of each pixel).
+    memory_frames: int = 5
+    local_radius: int = 8
+    #: Annotated frames kept in memory (searched over the whole frame); the first is never
+    #: dropped, later ones replace the oldest non-first.
+    max_references: int = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "vostrack-matching"
+    backbone: str = "efficientnet_lite2"
+    #: Frames are resized so that their short side has this many pixels (None: native size),
+    #: then padded (edge values) to a multiple of ``pad_multiple``; masks come back at the
+    #: input's own size. Bounds compute and memory whatever the video's resolution.
+    working_short_side: int | None = 480
+    pad_multiple: int = 32
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+
+    @property
+    def stride(self) -> int:
+        return 2 ** int(self.matching.level[1:])
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        data = dict(data)
+        matching = MatchingConfig(**data.pop("matching", {}))
+        return cls(matching=matching, **data)
+
+
+def working_size(height: int, width: int, config: ModelConfig) -> tuple[int, int, int, int]:
+    """(working height, working width, padded height, padded width) for a frame size.
+
+    The exported graph computes the same with TF ops (vostrack/serving/export.py); a test
+    checks that both agree.
+    """
+    if config.working_short_side is None:
+        h, w = height, width
+    else:
+        scale = config.working_short_side / min(height, width)
+        h, w = int(math.floor(height * scale + 0.5)), int(math.floor(width * scale + 0.5))
+    m = config.pad_multiple
+    return h, w, -(-h // m) * m, -(-w // m) * m

@@ -1,0 +1,171 @@
+"""Export: the network's graph functions as one frozen GraphDef, a SavedModel, the Keras
+weights and a manifest (a model folder that ``--model`` can name).
+
+The graph takes uint8 frames; resizing to the working size, padding and normalisation happen
+inside it. Its three functions live under name scopes of one GraphDef, so the backbone weights
+are stored once:
+- ``encode_frame``: frame uint8 (H, W, 3) -> key float32 (h, w, C)
+- ``encode_mask``: probs float32 (H, W, K+1) -> grid float32 (h, w, K+1)
+- ``read_memory``: key, memory_keys (M, h, w, C), memory_probs (M, h, w, K+1), memory_local (M,)
+  bool, memory_valid (M,) bool, frame_size int32 (2,) -> index int32 (H, W), grid (h, w, K+1)
+Tensor names are recorded in the manifest (frozen outputs are otherwise anonymous Identity_N).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import vostrack
+from vostrack.errors import VostrackError
+from vostrack.io.atomic import write_json
+from vostrack.network.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vostrack-matching/1"
+FROZEN_GRAPH = "frozen.pb"
+SAVED_MODEL = "saved_model"
+KERAS_WEIGHTS = "encoder.weights.h5"
+
+
+def tf_working_size(height: Any, width: Any, config: ModelConfig) -> tuple[tuple, tuple]:
+    """TF-ops twin of :func:`vostrack.network.config.working_size` (tests check they agree)."""
+    import tensorflow as tf
+
+    if config.working_short_side is None:
+        h, w = height, width
+    else:
+        scale = config.working_short_side / tf.cast(tf.minimum(height, width), tf.float64)
+        h = tf.cast(tf.floor(tf.cast(height, tf.float64) * scale + 0.5), tf.int32)
+        w = tf.cast(tf.floor(tf.cast(width, tf.float64) * scale + 0.5), tf.int32)
+    m = config.pad_multiple
+    return (h, w), ((h + m - 1) // m * m, (w + m - 1) // m * m)
+
+
+def serving_functions(network: Any) -> dict[str, Any]:
+    """The three graph functions as tf.functions with fixed signatures."""
+    import tensorflow as tf
+
+    config = network.config
+    channels = int(network.encoder.output.shape[-1])
+    spec = tf.TensorSpec
+
+    @tf.function(input_signature=[spec([None, None, 3], tf.uint8, name="frame")])
+    def encode_frame(frame):
+        work_hw, pad_hw = tf_working_size(tf.shape(frame)[0], tf.shape(frame)[1], config)
+        return {"key": network.encode_frame(frame, work_hw, pad_hw)}
+
+    @tf.function(input_signature=[spec([None, None, None], tf.float32, name="probs")])
+    def encode_mask(probs):
+        work_hw, pad_hw = tf_working_size(tf.shape(probs)[0], tf.shape(probs)[1], config)
+        return {"grid": network.encode_mask(probs, work_hw, pad_hw)}
+
+    @tf.function(input_signature=[
+        spec([None, None, channels], tf.float32, name="key"),
+        spec([None, None, None, channels], tf.float32, name="memory_keys"),
+        spec([None, None, None, None], tf.float32, name="memory_probs"),
+        spec([None], tf.bool, name="memory_local"),
+        spec([None], tf.bool, name="memory_valid"),
+        spec([2], tf.int32, name="frame_size")])
+    def read_memory(key, memory_keys, memory_probs, memory_local, memory_valid, frame_size):
+        work_hw, _ = tf_working_size(frame_size[0], frame_size[1], config)
+        index, grid = network.read_memory(key, memory_keys, memory_probs, memory_local,
+                                          memory_valid, (frame_size[0], frame_size[1]), work_hw)
+        return {"index": index, "grid": grid}
+
+    return {"encode_frame": encode_frame, "encode_mask": encode_mask, "read_memory": read_memory}
+
+
+def freeze(functions: dict[str, Any]) -> tuple[Any, dict[str, dict[str, str]]]:
+    """One GraphDef holding every function under its own name scope, and the tensor names."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    graph = tf.Graph()
+    tensors: dict[str, dict[str, str]] = {}
+    for name, function in functions.items():
+        concrete = function.get_concrete_function()
+        frozen = convert_variables_to_constants_v2(concrete)
+        graph_def = frozen.graph.as_graph_def()
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name=name)
+        names = {t.name.split(":")[0]: f"{name}/{t.name}" for t in frozen.inputs
+                 if t.dtype != tf.resource}
+        # Outputs are flattened like tf.nest flattens the returned dict: in sorted key order.
+        for key, tensor in zip(sorted(concrete.structured_outputs), frozen.outputs):
+            names[key] = f"{name}/{tensor.name}"
+        tensors[name] = names
+    return graph.as_graph_def(), tensors
+
+
+def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool = False,
+                 saved_model: bool = True) -> Path:
+    """Write the model folder ``out_dir`` (frozen graph, SavedModel, Keras weights, manifest).
+
+    Written into a temporary folder beside ``out_dir`` and renamed into place, so a model folder
+    is either complete or absent.
+    """
+    import keras
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        raise VostrackError("export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise VostrackError(f"{out_dir} already exists; use --overwrite to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        functions = serving_functions(network)
+        graph_def, tensors = freeze(functions)
+        (tmp / FROZEN_GRAPH).write_bytes(graph_def.SerializeToString())
+        network.encoder.save_weights(str(tmp / KERAS_WEIGHTS))
+        files = {"frozen_graph": FROZEN_GRAPH, "keras_weights": KERAS_WEIGHTS}
+        if saved_model:
+            module = tf.Module()
+            module.encoder_variables = list(network.encoder.variables)
+            for fn_name, fn in functions.items():
+                setattr(module, fn_name, fn)
+            tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=functions)
+            files["saved_model"] = SAVED_MODEL
+        config = network.config
+        write_json(tmp / "manifest.json", {
+            "format": FORMAT,
+            "name": name,
+            "version": vostrack.__version__,
+            "backbone": config.backbone,
+            "config": config.to_dict(),
+            "preprocessing": {
+                "input": "uint8 RGB frame (H, W, 3), any size",
+                "resize": f"short side to {config.working_short_side} px (bilinear, antialiased)"
+                          if config.working_short_side else "none",
+                "pad": f"edge values, bottom/right, to a multiple of {config.pad_multiple}",
+                "normalisation": "backbone's own, inside the graph",
+            },
+            "files": files,
+            "tensors": tensors,
+            "signatures": {fn: sorted(names) for fn, names in tensors.items()},
+        })
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s to %s", name, out_dir)
+    return out_dir
+
+
+def read_model_config(manifest: dict) -> ModelConfig:
+    return ModelConfig.from_dict(manifest["config"])
+
+
+def load_manifest(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / "manifest.json").read_text(encoding="utf-8"))
