@@ -177,6 +177,6 @@ def test_help_lists_every_command():
         assert command in result.output
 
 
-@pytest.mark.parametrize("command", ["train", "validate-backbone", "export"])
+@pytest.mark.parametrize("command", ["train"])
 def test_commands_that_need_the_model_say_so(command):
     fails([command, "--anything"], "not available")

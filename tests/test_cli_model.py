@@ -1,0 +1,60 @@
+"""The real shipped model through the real CLI: frozen graph (default) and Keras runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import write_video
+from vostrack.cli import cli
+from vostrack.data.procedural import SceneConfig, make_clip
+from vostrack.io.palette import read_label_png, write_label_png
+from vostrack.registry import resolve_model
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scene")
+    frames, labels = make_clip(SceneConfig(height=120, width=208, num_frames=6, num_objects=2,
+                                           seed=5, object_size=(0.22, 0.28)))
+    write_video(root / "clip.mp4", frames)
+    write_label_png(root / "mask.png", labels[0])
+    return root, labels
+
+
+@pytest.mark.parametrize("runtime", ["frozen", "keras"])
+def test_segment_with_the_shipped_model(tmp_path, scene, runtime):
+    root, labels = scene
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["segment", str(root / "clip.mp4"), "--mask",
+                                      str(root / "mask.png"), "-o", str(out), "-q",
+                                      "--runtime", runtime])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"]["name"] == "default" and summary["model"]["runtime"] == runtime
+    masks = np.stack([read_label_png(out / f"{t:05d}.png") for t in range(6)])
+    for k in (1, 2):
+        a, b = masks[-1] == k, labels[-1] == k
+        assert (a & b).sum() / (a | b).sum() > 0.6, k
+
+
+def test_export_command_reexports_the_shipped_model(tmp_path):
+    out = tmp_path / "again"
+    result = CliRunner().invoke(cli, ["export", "--model", "default", "-o", str(out),
+                                      "--no-saved-model"])
+    assert result.exit_code == 0, result.output
+    shipped = json.loads((resolve_model("default") / "manifest.json").read_text())
+    again = json.loads((out / "manifest.json").read_text())
+    assert again["config"] == shipped["config"] and again["tensors"] == shipped["tensors"]
+    assert not (out / "saved_model").exists()
+    refused = CliRunner().invoke(cli, ["export", "--model", "default", "-o", str(out)])
+    assert refused.exit_code == 2 and "--overwrite" in refused.stderr
+
+
+def test_export_needs_exactly_one_source(tmp_path):
+    result = CliRunner().invoke(cli, ["export", "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "--model" in result.stderr and "--config" in result.stderr

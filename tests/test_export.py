@@ -1,0 +1,149 @@
+"""The network end to end: geometry, mask/grid alignment, export, and frozen-graph parity."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vostrack.data.procedural import SceneConfig, make_clip
+from vostrack.inference.propagator import MatchingPropagator
+from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
+from vostrack.network.config import MatchingConfig, ModelConfig, working_size
+from vostrack.network.vos import VosNetwork
+from vostrack.serving.export import export_model, load_manifest, tf_working_size
+
+TINY = ModelConfig(name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3))
+
+
+@pytest.fixture(scope="module")
+def network():
+    return VosNetwork(TINY)
+
+
+@pytest.fixture(scope="module")
+def exported(network, tmp_path_factory):
+    return export_model(network, tmp_path_factory.mktemp("models") / "tiny", "tiny")
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return make_clip(SceneConfig(height=96, width=160, num_frames=8, num_objects=2, seed=3,
+                                 object_size=(0.25, 0.3)))
+
+
+def test_working_size_and_its_graph_twin_agree():
+    for config in (ModelConfig(), TINY, ModelConfig(working_short_side=None)):
+        for h, w in [(480, 854), (1080, 1920), (72, 120), (853, 480), (33, 47), (480, 853)]:
+            expected = working_size(h, w, config)
+            work, pad = tf_working_size(tf.constant(h), tf.constant(w), config)
+            assert tuple(int(v) for v in (*work, *pad)) == expected, (config, h, w)
+    assert working_size(480, 854, ModelConfig()) == (480, 854, 480, 864)
+
+
+def test_mask_to_grid_and_back_keeps_shapes_in_place(network):
+    frame_hw = (96, 160)
+    work, pad = (96, 160), (96, 160)
+    probs = np.zeros(frame_hw + (2,), np.float32)
+    probs[..., 0] = 1
+    probs[32:80, 48:112] = (0, 1)  # a 48x64 box aligned with 16-px cells
+    grid = np.asarray(network.encode_mask(probs, work, pad))
+    assert grid.shape == (6, 10, 2)
+    back = np.asarray(network.grid_to_frame(grid, frame_hw, work))
+    ys, xs = np.nonzero(back.argmax(-1) == 1)
+    # Edges come back where they were: no half-cell drift (corners round off at stride 16).
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (32, 79, 48, 111)
+
+
+def run_video(propagator, frames, labels):
+    reference = propagator.encode_reference(frames[0], labels[0])
+    state = propagator.initial_state(frames[0], labels[0], reference)
+    out = [labels[0]]
+    for frame in frames[1:]:
+        predicted, state = propagator.step(frame, reference, state)
+        out.append(predicted)
+    return np.stack(out)
+
+
+def test_export_writes_a_complete_model_folder(exported):
+    manifest = load_manifest(exported)
+    assert manifest["format"] == "vostrack-matching/1" and manifest["backbone"] == "efficientnet_lite2"
+    assert ModelConfig.from_dict(manifest["config"]) == TINY
+    for name in ("frozen.pb", "encoder.weights.h5", "saved_model/saved_model.pb"):
+        assert (exported / name).is_file(), name
+    assert set(manifest["tensors"]) == {"encode_frame", "encode_mask", "read_memory"}
+    assert not list(exported.parent.glob(".tiny*"))  # written aside, renamed into place
+
+
+def test_frozen_graph_and_keras_model_give_the_same_masks(network, exported, clip):
+    frames, labels = clip
+    manifest = load_manifest(exported)
+    frozen = MatchingPropagator(FrozenRuntime(exported / "frozen.pb", TINY, manifest["tensors"]))
+    keras_masks = run_video(MatchingPropagator(KerasRuntime(network)), frames, labels)
+    frozen_masks = run_video(frozen, frames, labels)
+    for t in range(1, len(frames)):
+        for k in (1, 2):
+            a, b = keras_masks[t] == k, frozen_masks[t] == k
+            assert (a & b).sum() / max((a | b).sum(), 1) > 0.99, (t, k)
+    # and the masks are real: the pretrained features follow the objects
+    for k in (1, 2):
+        ious = [((frozen_masks[t] == k) & (labels[t] == k)).sum()
+                / max(((frozen_masks[t] == k) | (labels[t] == k)).sum(), 1) for t in range(1, 8)]
+        assert np.mean(ious) > 0.6, (k, ious)
+
+
+def test_saved_model_signatures_run(exported, clip):
+    loaded = tf.saved_model.load(str(exported / "saved_model"))
+    key = loaded.signatures["encode_frame"](frame=tf.constant(clip[0][0]))["key"].numpy()
+    assert key.shape == (6, 10, 120)  # 96x160 working size, stride 16
+    np.testing.assert_allclose(np.linalg.norm(key, axis=-1), 1.0, atol=1e-4)
+
+
+def test_frozen_graph_reloads_in_a_fresh_process(network, exported, clip):
+    frame = clip[0][0]
+    np.save(exported.parent / "frame.npy", frame)
+    names = json.dumps(load_manifest(exported)["tensors"]["encode_frame"])
+    script = textwrap.dedent(f"""
+        import json, sys, numpy as np, tensorflow as tf
+        names = json.loads({names!r})
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.ParseFromString(open({str(exported / 'frozen.pb')!r}, 'rb').read())
+        frame = np.load({str(exported.parent / 'frame.npy')!r})
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+        with tf.compat.v1.Session(graph=graph) as session:
+            a = session.run(names["key"], {{names["frame"]: frame}})
+        wrapped = tf.compat.v1.wrap_function(
+            lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+        pruned = wrapped.prune(feeds=names["frame"], fetches=names["key"])
+        b = pruned(tf.constant(frame)).numpy()
+        np.save({str(exported.parent / 'keys.npy')!r}, np.stack([a, b]))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    session_key, wrapped_key = np.load(exported.parent / "keys.npy")
+    expected = KerasRuntime(network).encode_frame(frame)
+    np.testing.assert_allclose(session_key, expected, atol=1e-4)
+    np.testing.assert_allclose(wrapped_key, expected, atol=1e-4)
+
+
+def test_objects_added_later_get_channels_everywhere(network, clip):
+    frames, labels = clip
+    propagator = MatchingPropagator(KerasRuntime(network))
+    only_one = np.where(labels[0] == 1, 1, 0).astype(np.uint8)
+    reference = propagator.encode_reference(frames[0], only_one)
+    later = np.where(labels[3] == 2, 2, 0).astype(np.uint8)
+    reference = propagator.encode_reference(frames[3], later, reference)
+    assert reference.object_ids == (1, 2)
+    assert [f.probs.shape[-1] for f in reference.frames] == [3, 3]
+    assert reference.frames[0].probs[..., 2].max() == 0  # frame 0 never saw object 2
+    state = propagator.initial_state(frames[3], later, reference)
+    predicted, _ = propagator.step(frames[4], reference, state)
+    assert set(np.unique(predicted)) <= {0, 1, 2} and (predicted == 2).any()

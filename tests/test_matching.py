@@ -1,0 +1,65 @@
+"""The matching branch against a naive numpy implementation."""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+
+from vostrack.network.matching import l2_normalize, local_window, propagate_labels
+
+
+def naive_propagation(query, keys, probs, local, valid, radius, top_k, temperature):
+    h, w, _ = query.shape
+    out = np.zeros((h, w, probs.shape[-1]))
+    for y in range(h):
+        for x in range(w):
+            candidates = []
+            for m in range(keys.shape[0]):
+                if not valid[m]:
+                    continue
+                for yy in range(h):
+                    for xx in range(w):
+                        if local[m] and (abs(yy - y) > radius or abs(xx - x) > radius):
+                            continue
+                        candidates.append((float(query[y, x] @ keys[m, yy, xx]), probs[m, yy, xx]))
+            candidates.sort(key=lambda c: -c[0])
+            best = candidates[:top_k]
+            scores = np.array([c[0] for c in best]) / temperature
+            weights = np.exp(scores - scores.max())
+            weights /= weights.sum()
+            out[y, x] = sum(wt * p for wt, (_, p) in zip(weights, best))
+    return out
+
+
+def test_propagation_matches_a_naive_loop():
+    rng = np.random.default_rng(0)
+    h, w, c, m, k1 = 5, 6, 8, 3, 3
+    query = rng.normal(size=(h, w, c)).astype(np.float32)
+    query /= np.linalg.norm(query, axis=-1, keepdims=True)
+    keys = rng.normal(size=(m, h, w, c)).astype(np.float32)
+    keys /= np.linalg.norm(keys, axis=-1, keepdims=True)
+    probs = rng.dirichlet(np.ones(k1), size=(m, h, w)).astype(np.float32)
+    local = np.array([False, True, True])
+    valid = np.array([True, True, False])
+    got = ops.convert_to_numpy(propagate_labels(query, keys, probs, local, valid, radius=1,
+                                                top_k=4, temperature=0.1))
+    want = naive_propagation(query, keys, probs, local, valid, 1, 4, 0.1)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+
+
+def test_fewer_allowed_matches_than_top_k_do_not_vote_with_garbage():
+    query = np.ones((1, 2, 4), np.float32) / 2
+    keys = np.ones((1, 1, 2, 4), np.float32) / 2
+    probs = np.array([[[[0, 1], [1, 0]]]], np.float32)
+    got = ops.convert_to_numpy(propagate_labels(query, keys, probs, np.array([True]),
+                                                np.array([True]), radius=0, top_k=2,
+                                                temperature=0.05))
+    np.testing.assert_allclose(got[0], [[0, 1], [1, 0]], atol=1e-6)  # each only sees itself
+
+
+def test_local_window_and_normalisation():
+    window = ops.convert_to_numpy(local_window(3, 4, 1))
+    assert window.shape == (12, 12) and window[0].sum() == 4 and window[5].sum() == 9
+    x = ops.convert_to_numpy(l2_normalize(np.array([[3.0, 4.0]])))
+    np.testing.assert_allclose(x, [[0.6, 0.8]], atol=1e-6)
