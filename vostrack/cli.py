@@ -114,14 +114,15 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
     from vostrack.inference.pipeline import OutputOptions, SegmentRun
     from vostrack.io.frames import open_frames
     from vostrack.io.masks import MaskReader, load_annotations
-    from vostrack.registry import load_propagator
+    from vostrack.registry import load_propagator, native_stderr_silenced
 
     source = open_frames(input_path, fps=fps)
     reader = MaskReader()
     annotations = load_annotations(masks, mask_frames, source, reader)
     if overlay is not None and overlay.suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv"):
         raise VostrackError(f"overlay {overlay}: give an .mp4 file name")
-    propagator, model_info = load_propagator(model, runtime)
+    with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
+        propagator, model_info = load_propagator(model, runtime)
     options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
     job = SegmentRun(source, annotations, propagator, options, model_info)
     if not quiet:
@@ -204,9 +205,10 @@ def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime:
     from vostrack.inference.pipeline import OutputOptions, segment_video
     from vostrack.io.frames import open_frames
     from vostrack.io.masks import Annotation
-    from vostrack.registry import load_propagator
+    from vostrack.registry import load_propagator, native_stderr_silenced
 
-    propagator, model_info = load_propagator(model, runtime)
+    with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
+        propagator, model_info = load_propagator(model, runtime)
     for seq in seqs:
         source = open_frames(tree.images_dir / seq)
         first = tree.frame_names(seq)[0]
