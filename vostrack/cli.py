@@ -225,20 +225,16 @@ def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime:
         segment_video(source, annotations, propagator, options, model_info)
 
 
-# --------------------------------------------------------- commands that need the model (later)
-_NEEDS_MODEL = {"allow_extra_args": True, "ignore_unknown_options": True,
-                "help_option_names": ["-h", "--help"]}
+# ------------------------------------------------------------------------ train (later)
+_NOT_YET = {"allow_extra_args": True, "ignore_unknown_options": True,
+            "help_option_names": ["-h", "--help"]}
 
 
-def _not_available(command: str) -> None:
-    raise VostrackError(f"`vostrack {command}` is not available in this version: "
-                        "it needs the vostrack network, which is not part of this build yet")
-
-
-@cli.command(context_settings=_NEEDS_MODEL)
+@cli.command(context_settings=_NOT_YET)
 def train() -> None:
-    """Train the network (needs the model: not available yet)."""
-    _not_available("train")
+    """Train the network (not available in this version)."""
+    raise VostrackError("`vostrack train` is not available in this version: the training "
+                        "pipeline has not landed yet")
 
 
 @cli.command("validate-backbone")
