@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from vostrack.network.matching import l2_normalize, local_window, propagate_labels
+from vostrack.network.matching import l2_normalize, propagate_labels, window_indices
 
 
 def naive_propagation(query, keys, probs, local, valid, radius, top_k, temperature):
@@ -41,7 +41,9 @@ def test_propagation_matches_a_naive_loop():
     probs = rng.dirichlet(np.ones(k1), size=(m, h, w)).astype(np.float32)
     local = np.array([False, True, True])
     valid = np.array([True, True, False])
-    got = ops.convert_to_numpy(propagate_labels(query, keys, probs, local, valid, radius=1,
+    ref, rec = ~local, local
+    got = ops.convert_to_numpy(propagate_labels(query, keys[ref], probs[ref], valid[ref],
+                                                keys[rec], probs[rec], valid[rec], radius=1,
                                                 top_k=4, temperature=0.1))
     want = naive_propagation(query, keys, probs, local, valid, 1, 4, 0.1)
     np.testing.assert_allclose(got, want, atol=1e-5)
@@ -52,14 +54,15 @@ def test_fewer_allowed_matches_than_top_k_do_not_vote_with_garbage():
     query = np.ones((1, 2, 4), np.float32) / 2
     keys = np.ones((1, 1, 2, 4), np.float32) / 2
     probs = np.array([[[[0, 1], [1, 0]]]], np.float32)
-    got = ops.convert_to_numpy(propagate_labels(query, keys, probs, np.array([True]),
-                                                np.array([True]), radius=0, top_k=2,
+    got = ops.convert_to_numpy(propagate_labels(query, keys, probs, np.array([False]), keys,
+                                                probs, np.array([True]), radius=0, top_k=2,
                                                 temperature=0.05))
     np.testing.assert_allclose(got[0], [[0, 1], [1, 0]], atol=1e-6)  # each only sees itself
 
 
-def test_local_window_and_normalisation():
-    window = ops.convert_to_numpy(local_window(3, 4, 1))
-    assert window.shape == (12, 12) and window[0].sum() == 4 and window[5].sum() == 9
+def test_window_indices_and_normalisation():
+    index, inside = (ops.convert_to_numpy(a) for a in window_indices(3, 4, 1))
+    assert index.shape == (12, 9) and inside[0].sum() == 4 and inside[5].sum() == 9
+    assert sorted(index[5][inside[5]].tolist()) == [0, 1, 2, 4, 5, 6, 8, 9, 10]
     x = ops.convert_to_numpy(l2_normalize(np.array([[3.0, 4.0]])))
     np.testing.assert_allclose(x, [[0.6, 0.8]], atol=1e-6)

@@ -24,8 +24,7 @@ class Runtime(Protocol):
 
     def encode_mask(self, probs: np.ndarray) -> np.ndarray: ...
 
-    def read_memory(self, key: np.ndarray, memory_keys: np.ndarray, memory_probs: np.ndarray,
-                    memory_local: np.ndarray, memory_valid: np.ndarray,
+    def read_memory(self, key: np.ndarray, memory: tuple[np.ndarray, ...],
                     frame_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -83,14 +82,13 @@ class MatchingPropagator:
 
     def step(self, frame: np.ndarray, reference: MatchingReference,
              state: MatchingState) -> tuple[np.ndarray, MatchingState]:
-        memory = reference.frames + state.recent
-        ids = reference.object_ids
         key = self.runtime.encode_frame(frame)
-        index, grid = self.runtime.read_memory(
-            key, np.stack([m.key for m in memory]), np.stack([m.probs for m in memory]),
-            np.array([False] * len(reference.frames) + [True] * len(state.recent)),
-            np.ones(len(memory), bool), frame.shape[:2])
-        lut = np.array((0,) + ids, dtype=np.uint8)
+        memory = []
+        for frames in (reference.frames, state.recent):  # order: see runtimes.MEMORY_INPUTS
+            memory += [np.stack([m.key for m in frames]), np.stack([m.probs for m in frames]),
+                       np.ones(len(frames), bool)]
+        index, grid = self.runtime.read_memory(key, tuple(memory), frame.shape[:2])
+        lut = np.array((0,) + reference.object_ids, dtype=np.uint8)
         recent = (state.recent + (MemoryFrame(key, grid),))[-self.config.memory_frames:]
         return lut[index], MatchingState(recent)
 

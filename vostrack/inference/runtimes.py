@@ -12,6 +12,11 @@ import numpy as np
 
 from vostrack.network.config import ModelConfig, working_size
 
+#: The memory read by read_memory, in this order: annotated frames (searched globally), then
+#: recent frames (searched in a window); keys (N, h, w, C), probs (N, h, w, K+1), valid (N,).
+MEMORY_INPUTS = ("reference_keys", "reference_probs", "reference_valid",
+                 "recent_keys", "recent_probs", "recent_valid")
+
 log = logging.getLogger(__name__)
 
 
@@ -47,8 +52,8 @@ class KerasRuntime:
             lambda probs, work_hw, pad_hw: network.encode_mask(probs, work_hw, pad_hw),
             ("work_hw", "pad_hw"))
         self._read = _compile(
-            lambda key, keys, probs, local, valid, frame_hw, work_hw: network.read_memory(
-                key, keys, probs, local, valid, frame_hw, work_hw),
+            lambda key, memory, frame_hw, work_hw: network.read_memory(
+                key, *memory, frame_hw, work_hw),
             ("frame_hw", "work_hw"))
 
     def _sizes(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -63,10 +68,10 @@ class KerasRuntime:
         work_hw, pad_hw = self._sizes(*probs.shape[:2])
         return self._numpy(self._encode_mask(probs, work_hw=work_hw, pad_hw=pad_hw))
 
-    def read_memory(self, key, memory_keys, memory_probs, memory_local, memory_valid, frame_hw):
+    def read_memory(self, key, memory, frame_hw):
         work_hw, _ = self._sizes(*frame_hw)
-        index, grid = self._read(key, memory_keys, memory_probs, memory_local, memory_valid,
-                                 frame_hw=tuple(int(v) for v in frame_hw), work_hw=work_hw)
+        index, grid = self._read(key, tuple(memory), frame_hw=tuple(int(v) for v in frame_hw),
+                                 work_hw=work_hw)
         return self._numpy(index), self._numpy(grid)
 
     def _numpy(self, x: Any) -> np.ndarray:
@@ -97,10 +102,8 @@ class FrozenRuntime:
         t = self._t["encode_mask"]
         return self._session.run(t["grid"], {t["probs"]: probs})
 
-    def read_memory(self, key, memory_keys, memory_probs, memory_local, memory_valid, frame_hw):
+    def read_memory(self, key, memory, frame_hw):
         t = self._t["read_memory"]
-        return self._session.run(
-            [t["index"], t["grid"]],
-            {t["key"]: key, t["memory_keys"]: memory_keys, t["memory_probs"]: memory_probs,
-             t["memory_local"]: memory_local, t["memory_valid"]: memory_valid,
-             t["frame_size"]: np.asarray(frame_hw, np.int32)})
+        feeds = {t[name]: value for name, value in zip(MEMORY_INPUTS, memory)}
+        feeds.update({t["key"]: key, t["frame_size"]: np.asarray(frame_hw, np.int32)})
+        return self._session.run([t["index"], t["grid"]], feeds)

@@ -1,10 +1,11 @@
 """The matching branch: labels propagated from a memory of encoded frames by pixel affinity.
 
 Every query cell of the current frame is compared (cosine similarity of L2-normalised features)
-with the cells of the memory frames; the ``top_k`` best matches vote, with softmax weights at
+with cells of the memory frames; the ``top_k`` best matches vote, with softmax weights at
 ``temperature``, for their stored object probabilities. Reference (annotated) frames are searched
 over the whole frame; previous frames only within a window of ``radius`` cells, which keeps
-distant look-alikes from stealing an object. Written with keras.ops only (TF, JAX, torch).
+distant look-alikes from stealing an object and, since only the window's cells are candidates,
+makes the top-k search several times cheaper. Written with keras.ops only (TF, JAX, torch).
 """
 
 from __future__ import annotations
@@ -13,51 +14,75 @@ from typing import Any
 
 from keras import ops
 
-_DISALLOWED = -1e4  # affinity given to memory cells a query may not match (softmax weight 0)
+_DISALLOWED = -1e4  # affinity given to candidates a query may not match (softmax weight 0)
 
 
 def l2_normalize(features: Any, axis: int = -1) -> Any:
     return features / ops.sqrt(ops.sum(ops.square(features), axis=axis, keepdims=True) + 1e-12)
 
 
-def local_window(height: Any, width: Any, radius: int) -> Any:
-    """(h*w, h*w) bool: cell j lies within ``radius`` cells (Chebyshev) of cell i."""
-    ys = ops.repeat(ops.arange(height), width)
-    xs = ops.tile(ops.arange(width), [height])
-    near_y = ops.abs(ops.expand_dims(ys, 1) - ops.expand_dims(ys, 0)) <= radius
-    near_x = ops.abs(ops.expand_dims(xs, 1) - ops.expand_dims(xs, 0)) <= radius
-    return ops.logical_and(near_y, near_x)
+def window_indices(height: Any, width: Any, radius: int) -> tuple[Any, Any]:
+    """For each cell, the flat indices of the cells within ``radius`` (Chebyshev) of it, and
+    whether each lies inside the grid: two (h*w, (2r+1)^2) arrays (int32, bool)."""
+    offsets = ops.arange(-radius, radius + 1)
+    dy = ops.repeat(offsets, 2 * radius + 1)
+    dx = ops.tile(offsets, [2 * radius + 1])
+    ys = ops.expand_dims(ops.repeat(ops.arange(height), width), 1) + dy
+    xs = ops.expand_dims(ops.tile(ops.arange(width), [height]), 1) + dx
+    inside = ops.logical_and(ops.logical_and(ys >= 0, ys < height),
+                             ops.logical_and(xs >= 0, xs < width))
+    index = ops.clip(ys, 0, height - 1) * width + ops.clip(xs, 0, width - 1)
+    return ops.cast(index, "int32"), inside
 
 
-def propagate_labels(query: Any, memory_keys: Any, memory_probs: Any, memory_local: Any,
-                     memory_valid: Any, radius: int, top_k: int, temperature: float) -> Any:
+def propagate_labels(query: Any, reference_keys: Any, reference_probs: Any, reference_valid: Any,
+                     recent_keys: Any, recent_probs: Any, recent_valid: Any, radius: int,
+                     top_k: int, temperature: float) -> Any:
     """Object probabilities of each query cell.
 
-    query (h, w, C) L2-normalised; memory_keys (M, h, w, C); memory_probs (M, h, w, K+1)
-    (background first); memory_local (M,) bool, True for frames searched only locally;
-    memory_valid (M,) bool, False for padding entries. Returns (h, w, K+1), rows summing to 1.
+    query (h, w, C) L2-normalised; reference_* : R annotated frames, searched globally;
+    recent_* : P previous frames, searched within the window. keys (N, h, w, C), probs
+    (N, h, w, K+1) with the background first, valid (N,) bool (False for padding entries).
+    Returns (h, w, K+1), rows summing to 1.
     """
     shape = ops.shape(query)
     height, width, channels = shape[0], shape[1], shape[2]
     cells = height * width
-    num_memory = ops.shape(memory_keys)[0]
+    num_classes = ops.shape(reference_probs)[-1]
+    num_ref, num_recent = ops.shape(reference_keys)[0], ops.shape(recent_keys)[0]
     q = ops.reshape(query, (cells, channels))
-    keys = ops.reshape(memory_keys, (num_memory * cells, channels))
-    probs = ops.reshape(memory_probs, (num_memory * cells, ops.shape(memory_probs)[-1]))
-    affinity = ops.reshape(ops.matmul(q, ops.transpose(keys)), (cells, num_memory, cells))
 
-    window = ops.expand_dims(local_window(height, width, radius), 1)  # (cells, 1, cells)
-    local = ops.reshape(memory_local, (1, -1, 1))
-    valid = ops.reshape(memory_valid, (1, -1, 1))
-    allowed = ops.logical_and(valid, ops.logical_or(ops.logical_not(local), window))
-    affinity = ops.where(allowed, affinity, _DISALLOWED)
-    affinity = ops.reshape(affinity, (cells, num_memory * cells))
+    # Global candidates: every cell of every reference frame.
+    ref_keys = ops.reshape(reference_keys, (num_ref * cells, channels))
+    global_aff = ops.matmul(q, ops.transpose(ref_keys))  # (cells, R*cells)
+    ref_ok = ops.reshape(ops.repeat(reference_valid, cells), (1, -1))
+    global_aff = ops.where(ref_ok, global_aff, _DISALLOWED)
+    global_probs = ops.reshape(reference_probs, (num_ref * cells, num_classes))
 
-    values, indices = ops.top_k(affinity, top_k)
+    # Local candidates: the window around the query's own cell in each recent frame.
+    index, inside = window_indices(height, width, radius)  # (cells, W)
+    window = ops.shape(index)[1]
+    keys = ops.reshape(recent_keys, (num_recent, cells, channels))
+    affinity = ops.einsum("qc,mnc->mqn", q, keys)  # (P, cells, cells)
+    local_aff = ops.take_along_axis(affinity, ops.expand_dims(index, 0), axis=2)  # (P, cells, W)
+    local_ok = ops.logical_and(ops.reshape(recent_valid, (-1, 1, 1)), ops.expand_dims(inside, 0))
+    local_aff = ops.where(local_ok, local_aff, _DISALLOWED)
+    local_aff = ops.reshape(ops.transpose(local_aff, (1, 0, 2)), (cells, num_recent * window))
+    probs = ops.reshape(recent_probs, (num_recent, cells, num_classes))
+    local_probs = ops.take(probs, index, axis=1)  # (P, cells, W, K+1)
+    local_probs = ops.reshape(ops.transpose(local_probs, (1, 0, 2, 3)),
+                              (cells, num_recent * window, num_classes))
+
+    values, chosen = ops.top_k(ops.concatenate([global_aff, local_aff], axis=1), top_k)
     weights = ops.softmax(values / temperature, axis=-1)
-    # Matches that are not allowed (fewer than top_k allowed cells) must not vote at all.
+    # Candidates that are not allowed (fewer than top_k allowed ones) must not vote at all.
     weights = ops.where(values > _DISALLOWED / 2, weights, 0.0)
     weights = weights / (ops.sum(weights, axis=-1, keepdims=True) + 1e-12)
-    votes = ops.take(probs, indices, axis=0)  # (cells, top_k, K+1)
+    num_global = num_ref * cells
+    from_global = ops.take(global_probs, ops.clip(chosen, 0, num_global - 1), axis=0)
+    from_local = ops.take_along_axis(
+        local_probs, ops.expand_dims(ops.clip(chosen - num_global, 0, num_recent * window - 1), -1),
+        axis=1)
+    votes = ops.where(ops.expand_dims(chosen < num_global, -1), from_global, from_local)
     out = ops.sum(ops.expand_dims(weights, -1) * votes, axis=1)
-    return ops.reshape(out, (height, width, -1))
+    return ops.reshape(out, (height, width, num_classes))

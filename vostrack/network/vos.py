@@ -99,12 +99,15 @@ class VosNetwork:
         return resize(x, frame_hw)[0]
 
     # ------------------------------------------------------------------- memory read
-    def read_memory(self, key: Any, memory_keys: Any, memory_probs: Any, memory_local: Any,
-                    memory_valid: Any, frame_hw: tuple, work_hw: tuple) -> tuple[Any, Any]:
-        """A frame's key against the memory -> (label index map (H, W) int32 into
-        [background, objects...], probabilities on the grid (h, w, K+1), which go into memory)."""
+    def read_memory(self, key: Any, reference_keys: Any, reference_probs: Any,
+                    reference_valid: Any, recent_keys: Any, recent_probs: Any, recent_valid: Any,
+                    frame_hw: tuple, work_hw: tuple) -> tuple[Any, Any]:
+        """A frame's key against the memory (annotated frames, searched globally, and recent
+        frames, searched locally) -> (label index map (H, W) int32 into [background,
+        objects...], probabilities on the grid (h, w, K+1), which go into memory)."""
         m = self.config.matching
-        grid = propagate_labels(key, memory_keys, memory_probs, memory_local, memory_valid,
+        grid = propagate_labels(key, reference_keys, reference_probs, reference_valid,
+                                recent_keys, recent_probs, recent_valid,
                                 m.local_radius, m.top_k, m.temperature)
         probs = self.grid_to_frame(grid, frame_hw, work_hw)
         return ops.cast(ops.argmax(probs, axis=-1), "int32"), grid

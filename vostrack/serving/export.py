@@ -6,8 +6,9 @@ inside it. Its three functions live under name scopes of one GraphDef, so the ba
 are stored once:
 - ``encode_frame``: frame uint8 (H, W, 3) -> key float32 (h, w, C)
 - ``encode_mask``: probs float32 (H, W, K+1) -> grid float32 (h, w, K+1)
-- ``read_memory``: key, memory_keys (M, h, w, C), memory_probs (M, h, w, K+1), memory_local (M,)
-  bool, memory_valid (M,) bool, frame_size int32 (2,) -> index int32 (H, W), grid (h, w, K+1)
+- ``read_memory``: key, then the annotated frames' reference_keys (R, h, w, C), reference_probs
+  (R, h, w, K+1), reference_valid (R,) bool, the recent frames' recent_keys, recent_probs,
+  recent_valid (P, ...), and frame_size int32 (2,) -> index int32 (H, W), grid (h, w, K+1)
 Tensor names are recorded in the manifest (frozen outputs are otherwise anonymous Identity_N).
 """
 
@@ -65,17 +66,20 @@ def serving_functions(network: Any) -> dict[str, Any]:
         work_hw, pad_hw = tf_working_size(tf.shape(probs)[0], tf.shape(probs)[1], config)
         return {"grid": network.encode_mask(probs, work_hw, pad_hw)}
 
-    @tf.function(input_signature=[
-        spec([None, None, channels], tf.float32, name="key"),
-        spec([None, None, None, channels], tf.float32, name="memory_keys"),
-        spec([None, None, None, None], tf.float32, name="memory_probs"),
-        spec([None], tf.bool, name="memory_local"),
-        spec([None], tf.bool, name="memory_valid"),
-        spec([2], tf.int32, name="frame_size")])
-    def read_memory(key, memory_keys, memory_probs, memory_local, memory_valid, frame_size):
+    memory_specs = []
+    for group in ("reference", "recent"):  # the order of runtimes.MEMORY_INPUTS
+        memory_specs += [spec([None, None, None, channels], tf.float32, name=f"{group}_keys"),
+                         spec([None, None, None, None], tf.float32, name=f"{group}_probs"),
+                         spec([None], tf.bool, name=f"{group}_valid")]
+
+    @tf.function(input_signature=[spec([None, None, channels], tf.float32, name="key"),
+                                  *memory_specs, spec([2], tf.int32, name="frame_size")])
+    def read_memory(key, reference_keys, reference_probs, reference_valid, recent_keys,
+                    recent_probs, recent_valid, frame_size):
         work_hw, _ = tf_working_size(frame_size[0], frame_size[1], config)
-        index, grid = network.read_memory(key, memory_keys, memory_probs, memory_local,
-                                          memory_valid, (frame_size[0], frame_size[1]), work_hw)
+        index, grid = network.read_memory(key, reference_keys, reference_probs, reference_valid,
+                                          recent_keys, recent_probs, recent_valid,
+                                          (frame_size[0], frame_size[1]), work_hw)
         return {"index": index, "grid": grid}
 
     return {"encode_frame": encode_frame, "encode_mask": encode_mask, "read_memory": read_memory}
