@@ -74,9 +74,13 @@ def test_export_writes_a_complete_model_folder(exported):
     manifest = load_manifest(exported)
     assert manifest["format"] == "vostrack-matching/1" and manifest["backbone"] == "efficientnet_lite2"
     assert ModelConfig.from_dict(manifest["config"]) == TINY
-    for name in ("frozen.pb", "encoder.weights.h5", "saved_model/saved_model.pb"):
+    for name in ("frozen.pb", "network.weights.h5", "saved_model/saved_model.pb"):
         assert (exported / name).is_file(), name
-    assert set(manifest["tensors"]) == {"encode_frame", "encode_mask", "read_memory"}
+    assert set(manifest["tensors"]) == {"encode_reference", "step"}
+    assert set(manifest["tensors"]["step"]["inputs"]) == {
+        "frame", "reference_keys", "reference_probs", "reference_valid", "recent_keys",
+        "recent_probs", "recent_valid"}
+    assert set(manifest["tensors"]["step"]["outputs"]) == {"index", "grid", "key"}
     assert not list(exported.parent.glob(".tiny*"))  # written aside, renamed into place
 
 
@@ -99,7 +103,9 @@ def test_frozen_graph_and_keras_model_give_the_same_masks(network, exported, cli
 
 def test_saved_model_signatures_run(exported, clip):
     loaded = tf.saved_model.load(str(exported / "saved_model"))
-    key = loaded.signatures["encode_frame"](frame=tf.constant(clip[0][0]))["key"].numpy()
+    probs = np.ones(clip[0][0].shape[:2] + (1,), np.float32)
+    key = loaded.signatures["encode_reference"](frame=tf.constant(clip[0][0]),
+                                                probs=tf.constant(probs))["key"].numpy()
     assert key.shape == (6, 10, 120)  # 96x160 working size, stride 16
     np.testing.assert_allclose(np.linalg.norm(key, axis=-1), 1.0, atol=1e-4)
 
@@ -107,29 +113,33 @@ def test_saved_model_signatures_run(exported, clip):
 def test_frozen_graph_reloads_in_a_fresh_process(network, exported, clip):
     frame = clip[0][0]
     np.save(exported.parent / "frame.npy", frame)
-    names = json.dumps(load_manifest(exported)["tensors"]["encode_frame"])
+    names = json.dumps(load_manifest(exported)["tensors"]["encode_reference"])
+    np.save(exported.parent / "probs.npy", np.ones(frame.shape[:2] + (2,), np.float32) / 2)
     script = textwrap.dedent(f"""
         import json, sys, numpy as np, tensorflow as tf
         names = json.loads({names!r})
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(open({str(exported / 'frozen.pb')!r}, 'rb').read())
         frame = np.load({str(exported.parent / 'frame.npy')!r})
+        probs = np.load({str(exported.parent / 'probs.npy')!r})
+        inputs, key = names["inputs"], names["outputs"]["key"]
         graph = tf.Graph()
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
         with tf.compat.v1.Session(graph=graph) as session:
-            a = session.run(names["key"], {{names["frame"]: frame}})
+            a = session.run(key, {{inputs["frame"]: frame, inputs["probs"]: probs}})
         wrapped = tf.compat.v1.wrap_function(
             lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
-        pruned = wrapped.prune(feeds=names["frame"], fetches=names["key"])
-        b = pruned(tf.constant(frame)).numpy()
+        pruned = wrapped.prune(feeds=[inputs["frame"], inputs["probs"]], fetches=key)
+        b = pruned(tf.constant(frame), tf.constant(probs)).numpy()
         np.save({str(exported.parent / 'keys.npy')!r}, np.stack([a, b]))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     session_key, wrapped_key = np.load(exported.parent / "keys.npy")
-    expected = KerasRuntime(network).encode_frame(frame)
+    expected = KerasRuntime(network).run(
+        "encode_reference", {"frame": frame, "probs": np.load(exported.parent / "probs.npy")})["key"]
     np.testing.assert_allclose(session_key, expected, atol=1e-4)
     np.testing.assert_allclose(wrapped_key, expected, atol=1e-4)
 

@@ -305,7 +305,7 @@ def export(model: str | None, config_path: Path | None, output_dir: Path, name: 
     import json
 
     from vostrack.network.config import ModelConfig
-    from vostrack.network.vos import VosNetwork
+    from vostrack.network.vos import VosNetwork, load_network
     from vostrack.registry import read_manifest, resolve_model
     from vostrack.serving.export import export_model
 
@@ -321,9 +321,9 @@ def export(model: str | None, config_path: Path | None, output_dir: Path, name: 
         network = VosNetwork(config, weights="imagenet")
     else:
         model_dir = resolve_model(model)
-        config = ModelConfig.from_dict(read_manifest(model_dir)["config"])
-        network = VosNetwork(config, weights=None)
-        network.encoder.load_weights(str(model_dir / read_manifest(model_dir)["files"]["keras_weights"]))
+        manifest = read_manifest(model_dir)
+        network = load_network(model_dir, ModelConfig.from_dict(manifest["config"]),
+                               manifest["files"]["keras_weights"])
     export_model(network, output_dir, name or output_dir.name, overwrite=overwrite,
                  saved_model=not no_saved_model)
     click.echo(f"exported {output_dir}")

@@ -103,11 +103,9 @@ def load_propagator(name: str, runtime: str = "frozen") -> tuple[Propagator, dic
             backend = FrozenRuntime(model_dir / files["frozen_graph"], config, manifest["tensors"])
         else:
             from vostrack.inference.runtimes import KerasRuntime
-            from vostrack.network.vos import VosNetwork
+            from vostrack.network.vos import load_network
 
-            network = VosNetwork(config, weights=None)
-            network.encoder.load_weights(str(model_dir / files["keras_weights"]))
-            backend = KerasRuntime(network)
+            backend = KerasRuntime(load_network(model_dir, config, files["keras_weights"]))
     except (KeyError, OSError, ValueError) as exc:
         raise VostrackError(f"model {name!r} in {model_dir} is incomplete or damaged "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

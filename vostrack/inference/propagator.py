@@ -16,16 +16,11 @@ from vostrack.network.config import ModelConfig
 
 
 class Runtime(Protocol):
-    """The three graph functions of the network, on numpy arrays."""
+    """The network's graph functions on numpy arrays (see vostrack/network/vos.py)."""
 
     config: ModelConfig
 
-    def encode_frame(self, frame: np.ndarray) -> np.ndarray: ...
-
-    def encode_mask(self, probs: np.ndarray) -> np.ndarray: ...
-
-    def read_memory(self, key: np.ndarray, memory: tuple[np.ndarray, ...],
-                    frame_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]: ...
+    def run(self, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -82,16 +77,17 @@ class MatchingPropagator:
 
     def step(self, frame: np.ndarray, reference: MatchingReference,
              state: MatchingState) -> tuple[np.ndarray, MatchingState]:
-        key = self.runtime.encode_frame(frame)
-        memory = []
-        for frames in (reference.frames, state.recent):  # order: see runtimes.MEMORY_INPUTS
-            memory += [np.stack([m.key for m in frames]), np.stack([m.probs for m in frames]),
-                       np.ones(len(frames), bool)]
-        index, grid = self.runtime.read_memory(key, tuple(memory), frame.shape[:2])
+        inputs = {"frame": frame}
+        for group, frames in (("reference", reference.frames), ("recent", state.recent)):
+            inputs[f"{group}_keys"] = np.stack([m.key for m in frames])
+            inputs[f"{group}_probs"] = np.stack([m.probs for m in frames])
+            inputs[f"{group}_valid"] = np.ones(len(frames), bool)
+        out = self.runtime.run("step", inputs)
         lut = np.array((0,) + reference.object_ids, dtype=np.uint8)
-        recent = (state.recent + (MemoryFrame(key, grid),))[-self.config.memory_frames:]
-        return lut[index], MatchingState(recent)
+        recent = (state.recent + (MemoryFrame(out["key"], out["grid"]),))[-self.config.memory_frames:]
+        return lut[out["index"]], MatchingState(recent)
 
     def _encode(self, frame: np.ndarray, labels: np.ndarray, ids: tuple[int, ...]) -> MemoryFrame:
         onehot = (labels[..., None] == np.array((0,) + ids, np.uint8)).astype(np.float32)
-        return MemoryFrame(self.runtime.encode_frame(frame), self.runtime.encode_mask(onehot))
+        out = self.runtime.run("encode_reference", {"frame": frame, "probs": onehot})
+        return MemoryFrame(out["key"], out["grid"])

@@ -1,6 +1,7 @@
-"""Runtimes: the network's three graph functions on numpy arrays, computed either by the Keras
-model (any Keras backend) or by the frozen TensorFlow graph. MatchingPropagator drives both
-through the same interface, so they are interchangeable (and tested to agree)."""
+"""Runtimes: the network's graph functions (``encode_reference`` and ``step``) on dicts of numpy
+arrays, computed either by the Keras model (any Keras backend) or by the frozen TensorFlow graph.
+MatchingPropagator drives both through ``run(function, inputs)``, so they are interchangeable
+(and tested to agree)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ import numpy as np
 
 from vostrack.network.config import ModelConfig, working_size
 
-#: The memory read by read_memory, in this order: annotated frames (searched globally), then
-#: recent frames (searched in a window); keys (N, h, w, C), probs (N, h, w, K+1), valid (N,).
-MEMORY_INPUTS = ("reference_keys", "reference_probs", "reference_valid",
-                 "recent_keys", "recent_probs", "recent_valid")
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +34,7 @@ def _compile(fn: Callable, static: tuple[str, ...]) -> Callable:
 
 
 class KerasRuntime:
-    """The Keras network, compiled for the active backend."""
+    """The Keras network, compiled for the active backend (one trace per frame size)."""
 
     def __init__(self, network: Any):
         from keras import ops
@@ -45,41 +42,25 @@ class KerasRuntime:
         self.network = network
         self.config: ModelConfig = network.config
         self._ops = ops
-        self._encode_frame = _compile(
-            lambda frame, work_hw, pad_hw: network.encode_frame(frame, work_hw, pad_hw),
-            ("work_hw", "pad_hw"))
-        self._encode_mask = _compile(
-            lambda probs, work_hw, pad_hw: network.encode_mask(probs, work_hw, pad_hw),
-            ("work_hw", "pad_hw"))
-        self._read = _compile(
-            lambda key, memory, frame_hw, work_hw: network.read_memory(
-                key, *memory, frame_hw, work_hw),
-            ("frame_hw", "work_hw"))
+        self._functions = {
+            "encode_reference": _compile(
+                lambda inputs, work_hw, pad_hw: network.encode_reference(
+                    inputs["frame"], inputs["probs"], work_hw, pad_hw), ("work_hw", "pad_hw")),
+            "step": _compile(
+                lambda inputs, work_hw, pad_hw: network.step(
+                    inputs["frame"], {k: v for k, v in inputs.items() if k != "frame"},
+                    work_hw, pad_hw), ("work_hw", "pad_hw")),
+        }
 
-    def _sizes(self, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        h, w, hp, wp = working_size(height, width, self.config)
-        return (h, w), (hp, wp)
-
-    def encode_frame(self, frame: np.ndarray) -> np.ndarray:
-        work_hw, pad_hw = self._sizes(*frame.shape[:2])
-        return self._numpy(self._encode_frame(frame, work_hw=work_hw, pad_hw=pad_hw))
-
-    def encode_mask(self, probs: np.ndarray) -> np.ndarray:
-        work_hw, pad_hw = self._sizes(*probs.shape[:2])
-        return self._numpy(self._encode_mask(probs, work_hw=work_hw, pad_hw=pad_hw))
-
-    def read_memory(self, key, memory, frame_hw):
-        work_hw, _ = self._sizes(*frame_hw)
-        index, grid = self._read(key, tuple(memory), frame_hw=tuple(int(v) for v in frame_hw),
-                                 work_hw=work_hw)
-        return self._numpy(index), self._numpy(grid)
-
-    def _numpy(self, x: Any) -> np.ndarray:
-        return np.asarray(self._ops.convert_to_numpy(x))
+    def run(self, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        h, w, hp, wp = working_size(*inputs["frame"].shape[:2], self.config)
+        outputs = self._functions[function](inputs, work_hw=(h, w), pad_hw=(hp, wp))
+        return {k: np.asarray(self._ops.convert_to_numpy(v)) for k, v in outputs.items()}
 
 
 class FrozenRuntime:
-    """The frozen GraphDef (``frozen.pb``) run in a ``tf.compat.v1.Session``."""
+    """The frozen GraphDef (``frozen.pb``) run in a ``tf.compat.v1.Session``; tensors are
+    found by the names the manifest records."""
 
     def __init__(self, graph_path: Path, config: ModelConfig, tensors: dict[str, dict[str, str]]):
         import tensorflow as tf
@@ -91,19 +72,11 @@ class FrozenRuntime:
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
         self._session = tf.compat.v1.Session(graph=graph)
-        self._t = {fn: {k: graph.get_tensor_by_name(v) for k, v in names.items()}
-                   for fn, names in tensors.items()}
+        self._inputs = {fn: {k: graph.get_tensor_by_name(v) for k, v in names["inputs"].items()}
+                        for fn, names in tensors.items()}
+        self._outputs = {fn: {k: graph.get_tensor_by_name(v) for k, v in names["outputs"].items()}
+                         for fn, names in tensors.items()}
 
-    def encode_frame(self, frame: np.ndarray) -> np.ndarray:
-        t = self._t["encode_frame"]
-        return self._session.run(t["key"], {t["frame"]: frame})
-
-    def encode_mask(self, probs: np.ndarray) -> np.ndarray:
-        t = self._t["encode_mask"]
-        return self._session.run(t["grid"], {t["probs"]: probs})
-
-    def read_memory(self, key, memory, frame_hw):
-        t = self._t["read_memory"]
-        feeds = {t[name]: value for name, value in zip(MEMORY_INPUTS, memory)}
-        feeds.update({t["key"]: key, t["frame_size"]: np.asarray(frame_hw, np.int32)})
-        return self._session.run([t["index"], t["grid"]], feeds)
+    def run(self, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {tensor: inputs[name] for name, tensor in self._inputs[function].items()}
+        return self._session.run(self._outputs[function], feeds)

@@ -13,6 +13,7 @@ frame; masks are pooled onto, and probabilities sampled back from, the grid with
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -45,14 +46,17 @@ def _edge_pad_bottom_right(x: Any, rows: Any, cols: Any) -> Any:
     return ops.concatenate([x, ops.repeat(x[:, :, -1:], cols, axis=2)], axis=2)
 
 
-class VosNetwork:
+class VosNetwork(keras.Model):
     """Backbone features as matching keys plus label propagation (the matching branch).
 
+    A ``keras.Model`` only to own its layers and their weights (``save_weights`` /
+    ``load_weights``); the stages are plain methods, called by the runtimes and the exporter.
     ``weights``: "imagenet" builds the backbone with its pretrained weights (needs the weight
-    package, the ``train`` extra); None builds it randomly initialised (to load a saved model).
+    package, the ``train`` extra); None builds it randomly initialised (to load saved weights).
     """
 
-    def __init__(self, config: ModelConfig, weights: str | None = "imagenet"):
+    def __init__(self, config: ModelConfig, weights: str | None = "imagenet", **kwargs: Any):
+        super().__init__(name=kwargs.pop("name", "vos_network"), **kwargs)
         self.config = config
         builder = get_backbone_builder(config.backbone)
         backbone = builder(weights=weights)
@@ -60,10 +64,15 @@ class VosNetwork:
         level = config.matching.level
         # A sub-model up to the matching level: later stages are never computed.
         self.encoder = keras.Model(backbone.input, backbone.output[level], name="encoder")
+        self.built = True  # every layer above is built: weights can be saved and loaded
 
     @property
     def stride(self) -> int:
         return self.config.stride
+
+    @property
+    def key_channels(self) -> int:
+        return int(self.encoder.output.shape[-1])
 
     # ---------------------------------------------------------------- frames and masks
     def prepare_frame(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> Any:
@@ -98,16 +107,36 @@ class VosNetwork:
         x = x[:, : work_hw[0], : work_hw[1]]
         return resize(x, frame_hw)[0]
 
-    # ------------------------------------------------------------------- memory read
-    def read_memory(self, key: Any, reference_keys: Any, reference_probs: Any,
-                    reference_valid: Any, recent_keys: Any, recent_probs: Any, recent_valid: Any,
-                    frame_hw: tuple, work_hw: tuple) -> tuple[Any, Any]:
-        """A frame's key against the memory (annotated frames, searched globally, and recent
-        frames, searched locally) -> (label index map (H, W) int32 into [background,
-        objects...], probabilities on the grid (h, w, K+1), which go into memory)."""
+    # ------------------------------------------------------------- the two graph functions
+    def encode_reference(self, frame: Any, probs: Any, work_hw: tuple, pad_hw: tuple
+                         ) -> dict[str, Any]:
+        """An annotated (or otherwise known) frame and its object probabilities (H, W, K+1) ->
+        ``{"key": (h, w, C), "grid": (h, w, K+1)}``: its entry in the memory."""
+        return {"key": self.encode_frame(frame, work_hw, pad_hw),
+                "grid": self.encode_mask(probs, work_hw, pad_hw)}
+
+    def step(self, frame: Any, memory: dict[str, Any], work_hw: tuple, pad_hw: tuple
+             ) -> dict[str, Any]:
+        """The next frame against the memory -> ``{"index": (H, W) int32 label index into
+        [background, objects...], "grid": (h, w, K+1), "key": (h, w, C)}``; grid and key are
+        the frame's entry in the memory.
+
+        ``memory``: the annotated frames (``reference_keys`` (R, h, w, C), ``reference_probs``
+        (R, h, w, K+1), ``reference_valid`` (R,)), searched over the whole frame, and the recent
+        frames (``recent_*``, P entries), searched within the local window.
+        """
         m = self.config.matching
-        grid = propagate_labels(key, reference_keys, reference_probs, reference_valid,
-                                recent_keys, recent_probs, recent_valid,
+        key = self.encode_frame(frame, work_hw, pad_hw)
+        grid = propagate_labels(key, memory["reference_keys"], memory["reference_probs"],
+                                memory["reference_valid"], memory["recent_keys"],
+                                memory["recent_probs"], memory["recent_valid"],
                                 m.local_radius, m.top_k, m.temperature)
-        probs = self.grid_to_frame(grid, frame_hw, work_hw)
-        return ops.cast(ops.argmax(probs, axis=-1), "int32"), grid
+        probs = self.grid_to_frame(grid, tuple(ops.shape(frame)[:2]), work_hw)
+        return {"index": ops.cast(ops.argmax(probs, axis=-1), "int32"), "grid": grid, "key": key}
+
+
+def load_network(model_dir: Any, config: ModelConfig, weights_file: str) -> VosNetwork:
+    """The network of a model folder, from its Keras weights (no ImageNet package needed)."""
+    network = VosNetwork(config, weights=None)
+    network.load_weights(str(Path(model_dir) / weights_file))
+    return network

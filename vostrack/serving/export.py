@@ -2,14 +2,12 @@
 weights and a manifest (a model folder that ``--model`` can name).
 
 The graph takes uint8 frames; resizing to the working size, padding and normalisation happen
-inside it. Its three functions live under name scopes of one GraphDef, so the backbone weights
-are stored once:
-- ``encode_frame``: frame uint8 (H, W, 3) -> key float32 (h, w, C)
-- ``encode_mask``: probs float32 (H, W, K+1) -> grid float32 (h, w, K+1)
-- ``read_memory``: key, then the annotated frames' reference_keys (R, h, w, C), reference_probs
-  (R, h, w, K+1), reference_valid (R,) bool, the recent frames' recent_keys, recent_probs,
-  recent_valid (P, ...), and frame_size int32 (2,) -> index int32 (H, W), grid (h, w, K+1)
-Tensor names are recorded in the manifest (frozen outputs are otherwise anonymous Identity_N).
+inside it. Its functions live under name scopes of one GraphDef (see VosNetwork for shapes):
+- ``encode_reference``: frame uint8 (H, W, 3), probs float32 (H, W, K+1) -> key, grid
+- ``step``: frame and the memory (reference_keys/probs/valid, recent_keys/probs/valid) ->
+  index int32 (H, W), grid, key
+Every input and output tensor name is recorded in the manifest (frozen outputs are otherwise
+anonymous Identity_N).
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ log = logging.getLogger(__name__)
 FORMAT = "vostrack-matching/1"
 FROZEN_GRAPH = "frozen.pb"
 SAVED_MODEL = "saved_model"
-KERAS_WEIGHTS = "encoder.weights.h5"
+KERAS_WEIGHTS = "network.weights.h5"
 
 
 def tf_working_size(height: Any, width: Any, config: ModelConfig) -> tuple[tuple, tuple]:
@@ -49,63 +47,59 @@ def tf_working_size(height: Any, width: Any, config: ModelConfig) -> tuple[tuple
 
 
 def serving_functions(network: Any) -> dict[str, Any]:
-    """The three graph functions as tf.functions with fixed signatures."""
+    """The graph functions as tf.functions with fixed signatures (sizes computed in-graph)."""
     import tensorflow as tf
 
     config = network.config
-    channels = int(network.encoder.output.shape[-1])
+    channels = int(network.key_channels)
     spec = tf.TensorSpec
+    frame_spec = spec([None, None, 3], tf.uint8, name="frame")
 
-    @tf.function(input_signature=[spec([None, None, 3], tf.uint8, name="frame")])
-    def encode_frame(frame):
-        work_hw, pad_hw = tf_working_size(tf.shape(frame)[0], tf.shape(frame)[1], config)
-        return {"key": network.encode_frame(frame, work_hw, pad_hw)}
+    def sizes(frame):
+        return tf_working_size(tf.shape(frame)[0], tf.shape(frame)[1], config)
 
-    @tf.function(input_signature=[spec([None, None, None], tf.float32, name="probs")])
-    def encode_mask(probs):
-        work_hw, pad_hw = tf_working_size(tf.shape(probs)[0], tf.shape(probs)[1], config)
-        return {"grid": network.encode_mask(probs, work_hw, pad_hw)}
+    @tf.function(input_signature=[frame_spec, spec([None, None, None], tf.float32, name="probs")])
+    def encode_reference(frame, probs):
+        return network.encode_reference(frame, probs, *sizes(frame))
 
-    memory_specs = []
-    for group in ("reference", "recent"):  # the order of runtimes.MEMORY_INPUTS
-        memory_specs += [spec([None, None, None, channels], tf.float32, name=f"{group}_keys"),
-                         spec([None, None, None, None], tf.float32, name=f"{group}_probs"),
-                         spec([None], tf.bool, name=f"{group}_valid")]
+    memory_specs = {}
+    for group in ("reference", "recent"):
+        memory_specs[f"{group}_keys"] = spec([None, None, None, channels], tf.float32,
+                                             name=f"{group}_keys")
+        memory_specs[f"{group}_probs"] = spec([None, None, None, None], tf.float32,
+                                              name=f"{group}_probs")
+        memory_specs[f"{group}_valid"] = spec([None], tf.bool, name=f"{group}_valid")
 
-    @tf.function(input_signature=[spec([None, None, channels], tf.float32, name="key"),
-                                  *memory_specs, spec([2], tf.int32, name="frame_size")])
-    def read_memory(key, reference_keys, reference_probs, reference_valid, recent_keys,
-                    recent_probs, recent_valid, frame_size):
-        work_hw, _ = tf_working_size(frame_size[0], frame_size[1], config)
-        index, grid = network.read_memory(key, reference_keys, reference_probs, reference_valid,
-                                          recent_keys, recent_probs, recent_valid,
-                                          (frame_size[0], frame_size[1]), work_hw)
-        return {"index": index, "grid": grid}
+    @tf.function(input_signature=[frame_spec, memory_specs])
+    def step(frame, memory):
+        return network.step(frame, memory, *sizes(frame))
 
-    return {"encode_frame": encode_frame, "encode_mask": encode_mask, "read_memory": read_memory}
+    return {"encode_reference": encode_reference, "step": step}
 
 
-def freeze(functions: dict[str, Any]) -> tuple[Any, dict[str, dict[str, str]]]:
-    """One GraphDef holding every function under its own name scope, and the tensor names."""
+def freeze(functions: dict[str, Any]) -> tuple[Any, dict[str, dict[str, dict[str, str]]]]:
+    """One GraphDef holding every function under its own name scope, and the tensor names:
+    ``{function: {"inputs": {name: tensor}, "outputs": {name: tensor}}}``."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
 
     graph = tf.Graph()
-    tensors: dict[str, dict[str, str]] = {}
+    tensors: dict[str, dict[str, dict[str, str]]] = {}
     for name, function in functions.items():
         concrete = function.get_concrete_function()
         frozen = convert_variables_to_constants_v2(concrete)
-        graph_def = frozen.graph.as_graph_def()
         with graph.as_default():
-            tf.compat.v1.import_graph_def(graph_def, name=name)
-        names = {t.name.split(":")[0]: f"{name}/{t.name}" for t in frozen.inputs
-                 if t.dtype != tf.resource}
-        # Outputs are flattened like tf.nest flattens the returned dict: in sorted key order.
-        for key, tensor in zip(sorted(concrete.structured_outputs), frozen.outputs):
-            names[key] = f"{name}/{tensor.name}"
-        tensors[name] = names
+            tf.compat.v1.import_graph_def(frozen.graph.as_graph_def(), name=name)
+        # Every input spec is named, and placeholders carry those names; outputs are anonymous
+        # Identity_N, in the sorted order of the returned dict's keys.
+        inputs = [t for t in frozen.inputs if t.dtype != tf.resource]
+        outputs = dict(zip(sorted(concrete.structured_outputs), frozen.outputs))
+        tensors[name] = {
+            "inputs": {t.name.split(":")[0]: f"{name}/{t.name}" for t in inputs},
+            "outputs": {k: f"{name}/{t.name}" for k, t in outputs.items()},
+        }
     return graph.as_graph_def(), tensors
 
 
@@ -130,11 +124,11 @@ def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool =
         functions = serving_functions(network)
         graph_def, tensors = freeze(functions)
         (tmp / FROZEN_GRAPH).write_bytes(graph_def.SerializeToString())
-        network.encoder.save_weights(str(tmp / KERAS_WEIGHTS))
+        network.save_weights(str(tmp / KERAS_WEIGHTS))
         files = {"frozen_graph": FROZEN_GRAPH, "keras_weights": KERAS_WEIGHTS}
         if saved_model:
             module = tf.Module()
-            module.encoder_variables = list(network.encoder.variables)
+            module.network_variables = list(network.variables)
             for fn_name, fn in functions.items():
                 setattr(module, fn_name, fn)
             tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=functions)
