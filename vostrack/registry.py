@@ -91,7 +91,7 @@ def load_propagator(name: str, runtime: str = "frozen") -> tuple[Propagator, dic
     if fmt != FORMAT:
         raise VostrackError(f"model {name!r} has format {fmt!r}, which this version of vostrack "
                             "cannot run")
-    from vostrack.inference.propagator import MatchingPropagator
+    from vostrack.inference.propagator import MatchingPropagator, PartsPropagator
     from vostrack.network.config import ModelConfig
 
     config = ModelConfig.from_dict(manifest["config"])
@@ -111,4 +111,5 @@ def load_propagator(name: str, runtime: str = "frozen") -> tuple[Propagator, dic
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     info = {"name": name, "path": str(model_dir), "runtime": runtime, "format": fmt,
             "version": manifest.get("version"), "backbone": config.backbone}
-    return MatchingPropagator(backend, name=name), info
+    propagator = PartsPropagator if config.parts else MatchingPropagator
+    return propagator(backend, name=name), info

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+import cv2
 import numpy as np
 
-from vostrack.network.config import ModelConfig
+from vostrack.network.config import ModelConfig, working_size
+from vostrack.network.parts import PartsConfig, split_mask
 
 
 class Runtime(Protocol):
@@ -63,31 +65,189 @@ class MatchingPropagator:
                          previous: MatchingReference | None = None) -> MatchingReference:
         old_ids = previous.object_ids if previous else ()
         ids = tuple(sorted(set(old_ids) | {int(k) for k in np.unique(labels) if k}))
-        encoded = self._encode(frame, labels, ids)
-        frames = tuple(f.with_objects(old_ids, ids) for f in previous.frames) if previous else ()
-        if len(frames) >= self.config.max_references:
-            frames = frames[:1] + frames[2:]  # the first annotation is never dropped
-        return MatchingReference(ids, frames + (encoded,), frame)
+        out = self.runtime.run("encode_reference", {"frame": frame, "probs": one_hot(labels, ids)})
+        return self._extend(previous, ids, MemoryFrame(out["key"], out["grid"]), frame)
 
     def initial_state(self, frame: np.ndarray, labels: np.ndarray,
                       reference: MatchingReference) -> MatchingState:
         if np.array_equal(frame, reference.last_frame):
             return MatchingState((reference.frames[-1],))
-        return MatchingState((self._encode(frame, labels, reference.object_ids),))
+        out = self.runtime.run("encode_reference",
+                               {"frame": frame, "probs": one_hot(labels, reference.object_ids)})
+        return MatchingState((MemoryFrame(out["key"], out["grid"]),))
 
     def step(self, frame: np.ndarray, reference: MatchingReference,
              state: MatchingState) -> tuple[np.ndarray, MatchingState]:
-        inputs = {"frame": frame}
-        for group, frames in (("reference", reference.frames), ("recent", state.recent)):
-            inputs[f"{group}_keys"] = np.stack([m.key for m in frames])
-            inputs[f"{group}_probs"] = np.stack([m.probs for m in frames])
-            inputs[f"{group}_valid"] = np.ones(len(frames), bool)
-        out = self.runtime.run("step", inputs)
-        lut = np.array((0,) + reference.object_ids, dtype=np.uint8)
-        recent = (state.recent + (MemoryFrame(out["key"], out["grid"]),))[-self.config.memory_frames:]
-        return lut[out["index"]], MatchingState(recent)
+        out = self.runtime.run("step", {"frame": frame, **memory_inputs(reference, state)})
+        return self._labels(out, reference), self._remember(state, out)
 
-    def _encode(self, frame: np.ndarray, labels: np.ndarray, ids: tuple[int, ...]) -> MemoryFrame:
-        onehot = (labels[..., None] == np.array((0,) + ids, np.uint8)).astype(np.float32)
-        out = self.runtime.run("encode_reference", {"frame": frame, "probs": onehot})
-        return MemoryFrame(out["key"], out["grid"])
+    def _extend(self, previous: MatchingReference | None, ids: tuple[int, ...],
+                encoded: MemoryFrame, frame: np.ndarray) -> MatchingReference:
+        old_ids = previous.object_ids if previous else ()
+        frames = tuple(f.with_objects(old_ids, ids) for f in previous.frames) if previous else ()
+        if len(frames) >= self.config.max_references:
+            frames = frames[:1] + frames[2:]  # the first annotation is never dropped
+        return MatchingReference(ids, frames + (encoded,), frame)
+
+    def _remember(self, state: MatchingState, out: dict[str, np.ndarray]) -> MatchingState:
+        recent = state.recent + (MemoryFrame(out["key"], out["grid"]),)
+        return MatchingState(recent[-self.config.memory_frames:])
+
+    @staticmethod
+    def _labels(out: dict[str, np.ndarray], reference: MatchingReference) -> np.ndarray:
+        return np.array((0,) + reference.object_ids, dtype=np.uint8)[out["index"]]
+
+
+def one_hot(labels: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
+    """(H, W) labels -> (H, W, K+1) float32 probabilities of [background, *ids]."""
+    return (labels[..., None] == np.array((0,) + ids, np.uint8)).astype(np.float32)
+
+
+def memory_inputs(reference: MatchingReference, state: MatchingState) -> dict[str, np.ndarray]:
+    """The memory inputs of ``step`` (see vostrack.network.config.MEMORY_INPUTS)."""
+    inputs = {}
+    for group, frames in (("reference", reference.frames), ("recent", state.recent)):
+        inputs[f"{group}_keys"] = np.stack([m.key for m in frames])
+        inputs[f"{group}_probs"] = np.stack([m.probs for m in frames])
+        inputs[f"{group}_valid"] = np.ones(len(frames), bool)
+    return inputs
+
+
+# ------------------------------------------------------------------------------- part path
+@dataclass(frozen=True)
+class PartRows:
+    """Every object's parts as rows (``max_parts`` per object, padded), with what the network
+    encoded of each on its reference frame. Boxes are pixels of the padded working frame."""
+
+    object_ids: np.ndarray  # (N,) int, the object of each row
+    valid: np.ndarray  # (N,) bool
+    boxes: np.ndarray  # (N, 4) float32 reference boxes
+    anchors: np.ndarray  # (N, 3) float32 the object's (cy, cx, sqrt(area)) on that frame
+    templates: np.ndarray
+    ref_p4: np.ndarray
+    ref_mask: np.ndarray
+
+    def __add__(self, other: "PartRows") -> "PartRows":
+        return PartRows(*(np.concatenate([a, b]) for a, b in
+                          zip(self.__dict__.values(), other.__dict__.values())))
+
+    def channels(self, ids: tuple[int, ...]) -> np.ndarray:
+        lookup = {k: c for c, k in enumerate(ids)}
+        return np.array([lookup[int(k)] for k in self.object_ids], np.int32)
+
+
+@dataclass(frozen=True)
+class PartsReference:
+    matching: MatchingReference
+    parts: PartRows
+    prev_probs: np.ndarray  # (H/4, W/4, K) of the last annotated frame
+
+    @property
+    def object_ids(self) -> tuple[int, ...]:
+        return self.matching.object_ids
+
+
+@dataclass(frozen=True)
+class PartsState:
+    matching: MatchingState
+    part_boxes: np.ndarray  # (N, 4) float32, where each part was last found
+    prev_probs: np.ndarray  # (H/4, W/4, K) the objects on the last frame
+
+
+class PartsPropagator(MatchingPropagator):
+    """The full network: matching branch + part tracker + per-part mask head.
+
+    Parts are made once per object, on the first frame that annotates it (k-means on its mask,
+    vostrack.network.parts); their templates and reference crops are kept for the whole video.
+    """
+
+    def __init__(self, runtime: Runtime, name: str = "vostrack"):
+        super().__init__(runtime, name)
+        self.parts_config = runtime.config.parts
+
+    def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
+                         previous: PartsReference | None = None) -> PartsReference:
+        old_ids = previous.object_ids if previous else ()
+        ids = tuple(sorted(set(old_ids) | {int(k) for k in np.unique(labels) if k}))
+        known = set(previous.parts.object_ids.tolist()) if previous else set()
+        work = self._working_labels(labels)
+        rows = [self._split(work, k) for k in ids if k not in known]
+        boxes = np.concatenate([r[0] for r in rows]) if rows else np.zeros((0, 4), np.float32)
+        valid = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, bool)
+        objects = np.concatenate([r[2] for r in rows]) if rows else np.zeros(0, np.int64)
+        anchors = np.concatenate([r[3] for r in rows]) if rows else np.zeros((0, 3), np.float32)
+        out = self.runtime.run("encode_reference", {
+            "frame": frame, "probs": one_hot(labels, ids), "part_boxes": boxes,
+            "part_object": np.array([ids.index(int(k)) for k in objects], np.int32),
+            "part_valid": valid})
+        new = PartRows(objects, valid, boxes, anchors, out["templates"], out["ref_p4"],
+                       out["ref_mask"])
+        matching = self._extend(previous.matching if previous else None, ids,
+                                MemoryFrame(out["key"], out["grid"]), frame)
+        return PartsReference(matching, previous.parts + new if previous else new,
+                              out["prev_probs"])
+
+    def initial_state(self, frame: np.ndarray, labels: np.ndarray,
+                      reference: PartsReference) -> PartsState:
+        ids = reference.object_ids
+        if np.array_equal(frame, reference.matching.last_frame):
+            entry, prev_probs = reference.matching.frames[-1], reference.prev_probs
+        else:
+            out = self.runtime.run("encode_reference", {
+                "frame": frame, "probs": one_hot(labels, ids),
+                "part_boxes": np.zeros((0, 4), np.float32),
+                "part_object": np.zeros(0, np.int32), "part_valid": np.zeros(0, bool)})
+            entry, prev_probs = MemoryFrame(out["key"], out["grid"]), out["prev_probs"]
+        return PartsState(MatchingState((entry,)), self._reseed(reference.parts, labels),
+                          prev_probs)
+
+    def step(self, frame: np.ndarray, reference: PartsReference,
+             state: PartsState) -> tuple[np.ndarray, PartsState]:
+        parts = reference.parts
+        out = self.runtime.run("step", {
+            "frame": frame, **memory_inputs(reference.matching, state.matching),
+            "templates": parts.templates, "ref_p4": parts.ref_p4, "ref_mask": parts.ref_mask,
+            "part_object": parts.channels(reference.object_ids), "part_valid": parts.valid,
+            "part_boxes": state.part_boxes, "prev_probs": state.prev_probs})
+        return (self._labels(out, reference.matching),
+                PartsState(self._remember(state.matching, out), out["part_boxes"],
+                           out["prev_probs"]))
+
+    # ------------------------------------------------------------------------ helpers
+    def _working_labels(self, labels: np.ndarray) -> np.ndarray:
+        h, w, _, _ = working_size(*labels.shape, self.runtime.config)
+        return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+
+    def _split(self, work: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+        mask = work == k
+        parts = split_mask(mask, PartsConfig(max_parts=self.parts_config.max_parts,
+                                             min_part_area=self.parts_config.min_part_area))
+        n = len(parts.valid)
+        return (parts.boxes.astype(np.float32), parts.valid, np.full(n, k),
+                np.tile(_anchor(mask), (n, 1)))
+
+    def _reseed(self, parts: PartRows, labels: np.ndarray) -> np.ndarray:
+        """Part boxes on a frame known only by its labels: each object's reference parts moved
+        and scaled with the object (its centroid and the square root of its area). Parts made
+        on this very frame come back unchanged."""
+        work = self._working_labels(labels)
+        boxes = parts.boxes.copy()
+        for k in np.unique(parts.object_ids):
+            rows = parts.object_ids == k
+            now = _anchor(work == k)
+            then = parts.anchors[rows][0]
+            if now[2] == 0 or then[2] == 0:
+                continue  # the object is not visible: leave its parts where they were
+            scale = now[2] / then[2]
+            centre = np.array([then[0], then[1], then[0], then[1]], np.float32)
+            moved = np.array([now[0], now[1], now[0], now[1]], np.float32)
+            boxes[rows] = (boxes[rows] - centre) * scale + moved
+        return boxes
+
+
+def _anchor(mask: np.ndarray) -> np.ndarray:
+    """(cy, cx, sqrt(area)) of a mask, zeros when it is empty."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return np.zeros(3, np.float32)
+    return np.array([ys.mean(), xs.mean(), np.sqrt(len(ys))], np.float32)

@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vostrack.network.config import ModelConfig, working_size
+from vostrack.network.config import (MEMORY_INPUTS, PART_REFERENCE_INPUTS, PART_STEP_INPUTS,
+                                     ModelConfig, working_size)
 
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,20 @@ class KerasRuntime:
         self.network = network
         self.config: ModelConfig = network.config
         self._ops = ops
+        parts = bool(network.config.parts)
+
+        def pick(inputs: dict, names: tuple) -> dict | None:
+            return {k: inputs[k] for k in names} if parts else None
+
         self._functions = {
             "encode_reference": _compile(
                 lambda inputs, work_hw, pad_hw: network.encode_reference(
-                    inputs["frame"], inputs["probs"], work_hw, pad_hw), ("work_hw", "pad_hw")),
+                    inputs["frame"], inputs["probs"], work_hw, pad_hw,
+                    pick(inputs, PART_REFERENCE_INPUTS)), ("work_hw", "pad_hw")),
             "step": _compile(
                 lambda inputs, work_hw, pad_hw: network.step(
-                    inputs["frame"], {k: v for k, v in inputs.items() if k != "frame"},
-                    work_hw, pad_hw), ("work_hw", "pad_hw")),
+                    inputs["frame"], {k: inputs[k] for k in MEMORY_INPUTS}, work_hw, pad_hw,
+                    pick(inputs, PART_STEP_INPUTS)), ("work_hw", "pad_hw")),
         }
 
     def run(self, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -8,6 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+#: The memory that ``step`` reads: annotated frames, then recent frames.
+MEMORY_INPUTS = ("reference_keys", "reference_probs", "reference_valid",
+                 "recent_keys", "recent_probs", "recent_valid")
+#: Inputs of the part path (beyond frame, probs and the memory), per function.
+PART_REFERENCE_INPUTS = ("part_boxes", "part_object", "part_valid")
+PART_STEP_INPUTS = ("templates", "ref_p4", "ref_mask", "part_object", "part_valid", "part_boxes",
+                    "prev_probs")
+
+
 @dataclass(frozen=True)
 class MatchingConfig:
     """Label propagation by pixel matching against a bounded memory (STM/XMem-style read with
@@ -25,6 +34,20 @@ class MatchingConfig:
 
 
 @dataclass(frozen=True)
+class PartsModelConfig:
+    """The part path: FPN, Siamese part tracker and per-part mask head (trained by
+    ``vostrack train``; an untrained part path reproduces the matching branch)."""
+
+    max_parts: int = 6  # per object, padded
+    min_part_area: float = 1024.0  # pixels (working size) per part
+    fpn_channels: int = 128
+    template_size: int = 6  # tracker, on L2-normalised C4 (stride 16)
+    search_size: int = 18
+    head_crop: int = 8  # mask head crops: s at P4, 2s at P3, 4s at P2 (part logits 4s x 4s)
+    head_channels: int = 64
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "vostrack-matching"
     backbone: str = "efficientnet_lite2"
@@ -34,6 +57,7 @@ class ModelConfig:
     working_short_side: int | None = 480
     pad_multiple: int = 32
     matching: MatchingConfig = field(default_factory=MatchingConfig)
+    parts: PartsModelConfig | None = None
 
     @property
     def stride(self) -> int:
@@ -46,7 +70,8 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         data = dict(data)
         matching = MatchingConfig(**data.pop("matching", {}))
-        return cls(matching=matching, **data)
+        parts = data.pop("parts", None)
+        return cls(matching=matching, parts=PartsModelConfig(**parts) if parts else None, **data)
 
 
 def working_size(height: int, width: int, config: ModelConfig) -> tuple[int, int, int, int]:

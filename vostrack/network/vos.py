@@ -19,9 +19,16 @@ from typing import Any
 import keras
 from keras import ops
 
+from vostrack.network.aggregation import (combine_with_prior, paste_parts, soft_aggregate,
+                                          soft_aggregate_logits)
 from vostrack.network.backbones import get_backbone_builder
-from vostrack.network.config import ModelConfig
+from vostrack.network.config import MEMORY_INPUTS, ModelConfig
+from vostrack.network.fpn import FeaturePyramid
+from vostrack.network.mask_head import PartMaskHead, crop_part_inputs, crop_reference, mask_windows
 from vostrack.network.matching import l2_normalize, propagate_labels
+from vostrack.network.roi import resize_aligned
+from vostrack.network.tracker import PartTracker
+
 
 
 def resize(images: Any, size: tuple, antialias: bool = False) -> Any:
@@ -62,8 +69,18 @@ class VosNetwork(keras.Model):
         backbone = builder(weights=weights)
         self._normalize = importlib.import_module(builder.__module__).normalize_images
         level = config.matching.level
-        # A sub-model up to the matching level: later stages are never computed.
-        self.encoder = keras.Model(backbone.input, backbone.output[level], name="encoder")
+        # A sub-model up to the levels in use: later stages are never computed.
+        levels = ("C2", "C3", "C4", "C5") if config.parts else (level,)
+        self.encoder = keras.Model(backbone.input, {k: backbone.output[k] for k in levels},
+                                   name="encoder")
+        if config.parts:
+            p = config.parts
+            self.fpn = FeaturePyramid(channels=p.fpn_channels, name="fpn")
+            self.tracker = PartTracker(stride=self.stride, template_size=p.template_size,
+                                       search_size=p.search_size, use_offsets=False,
+                                       name="tracker")
+            self.mask_head = PartMaskHead(channels=p.head_channels, name="mask_head")
+            self._build_part_path()
         self.built = True  # every layer above is built: weights can be saved and loaded
 
     @property
@@ -72,7 +89,25 @@ class VosNetwork(keras.Model):
 
     @property
     def key_channels(self) -> int:
-        return int(self.encoder.output.shape[-1])
+        return int(self.encoder.output[self.config.matching.level].shape[-1])
+
+    def _build_part_path(self) -> None:
+        """Create the part path's variables by running it once on a small blank frame."""
+        import numpy as np
+
+        frame = np.zeros((64, 64, 3), np.uint8)
+        probs = np.zeros((64, 64, 2), np.float32)
+        probs[..., 0], probs[16:48, 16:48] = 1.0, (0.0, 1.0)
+        part = {"part_boxes": np.array([[16, 16, 48, 48]], np.float32),
+                "part_object": np.zeros(1, np.int32), "part_valid": np.ones(1, bool)}
+        ref = self.encode_reference(frame, probs, (64, 64), (64, 64), part)
+        memory = {}
+        for group in ("reference", "recent"):
+            memory.update({f"{group}_keys": ref["key"][None], f"{group}_probs": ref["grid"][None],
+                           f"{group}_valid": np.ones(1, bool)})
+        self.step(frame, memory, (64, 64), (64, 64),
+                  {**part, **{k: ref[k] for k in ("templates", "ref_p4", "ref_mask")},
+                   "prev_probs": ref["prev_probs"]})
 
     # ---------------------------------------------------------------- frames and masks
     def prepare_frame(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> Any:
@@ -82,15 +117,24 @@ class VosNetwork(keras.Model):
         image = _edge_pad_bottom_right(image, pad_hw[0] - work_hw[0], pad_hw[1] - work_hw[1])
         return self._normalize(image)
 
+    def features(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> dict[str, Any]:
+        """uint8 frame -> ``{"key": (h, w, C) L2-normalised matching key}``, plus the FPN's
+        ``P2..P5`` (1, H/s, W/s, C) when the part path is on."""
+        levels = self.encoder(self.prepare_frame(frame, work_hw, pad_hw))
+        out = {"key": l2_normalize(levels[self.config.matching.level][0])}
+        if self.config.parts:
+            out.update(self.fpn({k: levels[k] for k in ("C2", "C3", "C4", "C5")}))
+        return out
+
     def encode_frame(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> Any:
         """uint8 frame -> (h, w, C) L2-normalised matching key."""
-        features = self.encoder(self.prepare_frame(frame, work_hw, pad_hw))
-        return l2_normalize(features[0])
+        return self.features(frame, work_hw, pad_hw)["key"]
 
-    def encode_mask(self, probs: Any, work_hw: tuple, pad_hw: tuple) -> Any:
-        """(H, W, K+1) object probabilities -> (h, w, K+1) on the feature grid (area average
-        of each cell's footprint, centred on the cell)."""
-        s = self.stride
+    def encode_mask(self, probs: Any, work_hw: tuple, pad_hw: tuple, stride: int | None = None
+                    ) -> Any:
+        """(H, W, K+1) object probabilities -> (H/s, W/s, K+1) on the stride-``s`` grid of the
+        padded frame (area average of each cell's footprint, centred on the cell)."""
+        s = stride or self.stride
         x = resize(ops.expand_dims(probs, 0), work_hw, antialias=True)
         x = _edge_pad_bottom_right(x, pad_hw[0] - work_hw[0] + s // 2,
                                    pad_hw[1] - work_hw[1] + s // 2)[:, s // 2:, s // 2:]
@@ -108,15 +152,32 @@ class VosNetwork(keras.Model):
         return resize(x, frame_hw)[0]
 
     # ------------------------------------------------------------- the two graph functions
-    def encode_reference(self, frame: Any, probs: Any, work_hw: tuple, pad_hw: tuple
-                         ) -> dict[str, Any]:
+    def encode_reference(self, frame: Any, probs: Any, work_hw: tuple, pad_hw: tuple,
+                         parts: dict[str, Any] | None = None) -> dict[str, Any]:
         """An annotated (or otherwise known) frame and its object probabilities (H, W, K+1) ->
-        ``{"key": (h, w, C), "grid": (h, w, K+1)}``: its entry in the memory."""
-        return {"key": self.encode_frame(frame, work_hw, pad_hw),
-                "grid": self.encode_mask(probs, work_hw, pad_hw)}
+        ``{"key": (h, w, C), "grid": (h, w, K+1)}``: its entry in the memory.
 
-    def step(self, frame: Any, memory: dict[str, Any], work_hw: tuple, pad_hw: tuple
-             ) -> dict[str, Any]:
+        With the part path, ``parts`` = ``{"part_boxes": (N, 4) pixel boxes of the padded
+        working frame, "part_object": (N,) object channel 0..K-1, "part_valid": (N,)}`` of the
+        parts to encode, and the outputs add their ``templates`` (N, T, T, C), ``ref_p4``,
+        ``ref_mask`` (the mask head's reference crops) and ``prev_probs`` (H/4, W/4, K): the
+        objects on the stride-4 grid, the state the next step starts from.
+        """
+        out = self.features(frame, work_hw, pad_hw)
+        result = {"key": out["key"], "grid": self.encode_mask(probs, work_hw, pad_hw)}
+        if not self.config.parts:
+            return result
+        boxes, objects = parts["part_boxes"], ops.cast(parts["part_object"], "int32")
+        zeros = ops.zeros_like(objects)
+        fine = self.encode_mask(probs, work_hw, pad_hw, stride=4)[..., 1:]
+        result["templates"] = self.tracker.crop_templates(out["key"][None], boxes, zeros)
+        result.update(crop_reference(out, mask_windows(boxes), zeros, objects, fine[None],
+                                     crop_size=self.config.parts.head_crop, mask_stride=4))
+        result["prev_probs"] = fine
+        return result
+
+    def step(self, frame: Any, memory: dict[str, Any], work_hw: tuple, pad_hw: tuple,
+             parts: dict[str, Any] | None = None, internals: bool = False) -> dict[str, Any]:
         """The next frame against the memory -> ``{"index": (H, W) int32 label index into
         [background, objects...], "grid": (h, w, K+1), "key": (h, w, C)}``; grid and key are
         the frame's entry in the memory.
@@ -124,15 +185,75 @@ class VosNetwork(keras.Model):
         ``memory``: the annotated frames (``reference_keys`` (R, h, w, C), ``reference_probs``
         (R, h, w, K+1), ``reference_valid`` (R,)), searched over the whole frame, and the recent
         frames (``recent_*``, P entries), searched within the local window.
+
+        With the part path, ``parts`` holds the reference crops (``templates``, ``ref_p4``,
+        ``ref_mask``), ``part_object``, ``part_valid``, the parts' last ``part_boxes`` and
+        ``prev_probs`` (H/4, W/4, K): the tracker moves the boxes, the mask head predicts each
+        part's mask from the matching prior, the previous mask and the reference, the parts are
+        pasted back (weighted by the tracker's confidence) and the objects merged by soft
+        aggregation. The outputs add ``part_boxes``, ``part_scores`` and ``prev_probs``.
+
+        ``internals`` (training) adds what the losses need: ``logits`` whose softmax is the
+        final [background, objects] probability, on the stride-4 grid (stride 16 without the
+        part path); with the part path also ``part_logits``, the mask ``windows`` and the
+        tracker's ``response``, ``offsets`` and ``search_windows``.
         """
         m = self.config.matching
-        key = self.encode_frame(frame, work_hw, pad_hw)
-        grid = propagate_labels(key, memory["reference_keys"], memory["reference_probs"],
+        out = self.features(frame, work_hw, pad_hw)
+        grid = propagate_labels(out["key"], memory["reference_keys"], memory["reference_probs"],
                                 memory["reference_valid"], memory["recent_keys"],
                                 memory["recent_probs"], memory["recent_valid"],
                                 m.local_radius, m.top_k, m.temperature)
-        probs = self.grid_to_frame(grid, tuple(ops.shape(frame)[:2]), work_hw)
-        return {"index": ops.cast(ops.argmax(probs, axis=-1), "int32"), "grid": grid, "key": key}
+        frame_hw = tuple(ops.shape(frame)[:2])
+        if not self.config.parts:
+            probs = self.grid_to_frame(grid, frame_hw, work_hw)
+            result = {"index": ops.cast(ops.argmax(probs, axis=-1), "int32"), "grid": grid,
+                      "key": out["key"]}
+            if internals:
+                result["logits"] = ops.log(ops.maximum(grid, 1e-7))
+            return result
+
+        fine_hw = (pad_hw[0] // 4, pad_hw[1] // 4)
+        objects = ops.cast(parts["part_object"], "int32")
+        zeros = ops.zeros_like(objects)
+        tracked = self.tracker.track(out["key"][None], parts["templates"], parts["part_boxes"],
+                                     zeros, parts["part_valid"])
+        windows = mask_windows(tracked["boxes"])
+        head_inputs = crop_part_inputs(
+            out, windows, zeros, objects, parts["prev_probs"][None], grid[None, ..., 1:],
+            {"ref_p4": parts["ref_p4"], "ref_mask": parts["ref_mask"]},
+            crop_size=self.config.parts.head_crop, prev_stride=4, prior_stride=self.stride)
+        logits = self.mask_head(head_inputs)
+        num_objects = ops.shape(parts["prev_probs"])[-1]
+        pasted, coverage = paste_parts(logits, windows, objects, parts["part_valid"],
+                                       tracked["scores"], num_objects, fine_hw, stride=4)
+        prior = resize_aligned(grid[None], fine_hw, self.stride / 4)[0]
+        objects_probs = combine_with_prior(ops.transpose(pasted, (1, 2, 0)),
+                                           ops.transpose(coverage, (1, 2, 0)), prior[..., 1:])
+        probs = soft_aggregate(objects_probs, axis=-1)  # (H/4, W/4, K+1)
+        full = resize_aligned(probs[None], pad_hw, 4)[:, : work_hw[0], : work_hw[1]]
+        index = ops.argmax(resize(full, frame_hw)[0], axis=-1)
+        result = {"index": ops.cast(index, "int32"), "grid": self._pool_to_grid(probs),
+                  "key": out["key"], "part_boxes": tracked["boxes"],
+                  "part_scores": tracked["scores"], "prev_probs": objects_probs}
+        if internals:
+            result.update(logits=soft_aggregate_logits(objects_probs, axis=-1),
+                          part_logits=logits, windows=windows, response=tracked["response"],
+                          offsets=tracked["offsets"], search_windows=tracked["windows"])
+        return result
+
+    def _pool_to_grid(self, probs: Any) -> Any:
+        """(H/4, W/4, K+1) -> (h, w, K+1) on the stride-16 grid, each cell the area average of
+        its footprint: stride-4 cells 4j+1 .. 4j+5 (centred on 16j + 15), the outer ones half."""
+        ratio = self.stride // 4
+        taps = [0.5] + [1.0] * (ratio - 1) + [0.5]
+        kernel = ops.convert_to_tensor(
+            [[a * b / ratio ** 2 for b in taps] for a in taps], dtype="float32")
+        channels_first = ops.expand_dims(ops.transpose(probs, (2, 0, 1)), -1)  # (K+1, H, W, 1)
+        padded = ops.pad(channels_first, [[0, 0], [0, 2], [0, 2], [0, 0]], mode="constant")
+        pooled = ops.conv(padded[:, 1:, 1:], ops.reshape(kernel, (ratio + 1, ratio + 1, 1, 1)),
+                          strides=ratio, padding="valid")
+        return ops.transpose(pooled[..., 0], (1, 2, 0))
 
 
 def load_network(model_dir: Any, config: ModelConfig, weights_file: str) -> VosNetwork:

@@ -22,7 +22,7 @@ from typing import Any
 import vostrack
 from vostrack.errors import VostrackError
 from vostrack.io.atomic import write_json
-from vostrack.network.config import ModelConfig
+from vostrack.network.config import PART_REFERENCE_INPUTS, PART_STEP_INPUTS, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,25 @@ def serving_functions(network: Any) -> dict[str, Any]:
     def sizes(frame):
         return tf_working_size(tf.shape(frame)[0], tf.shape(frame)[1], config)
 
-    @tf.function(input_signature=[frame_spec, spec([None, None, None], tf.float32, name="probs")])
-    def encode_reference(frame, probs):
-        return network.encode_reference(frame, probs, *sizes(frame))
+    part_specs = {}
+    if config.parts:
+        p = config.parts
+        s = p.head_crop
+        part_specs = {
+            "part_boxes": spec([None, 4], tf.float32), "part_object": spec([None], tf.int32),
+            "part_valid": spec([None], tf.bool),
+            "templates": spec([None, p.template_size, p.template_size, channels], tf.float32),
+            "ref_p4": spec([None, s, s, p.fpn_channels], tf.float32),
+            "ref_mask": spec([None, s, s, 1], tf.float32),
+            "prev_probs": spec([None, None, None], tf.float32)}
+        part_specs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in part_specs.items()}
+    reference_parts = {k: part_specs[k] for k in PART_REFERENCE_INPUTS if k in part_specs}
+    step_parts = {k: part_specs[k] for k in PART_STEP_INPUTS if k in part_specs}
+
+    @tf.function(input_signature=[frame_spec, spec([None, None, None], tf.float32, name="probs"),
+                                  reference_parts])
+    def encode_reference(frame, probs, parts):
+        return network.encode_reference(frame, probs, *sizes(frame), parts or None)
 
     memory_specs = {}
     for group in ("reference", "recent"):
@@ -70,9 +86,9 @@ def serving_functions(network: Any) -> dict[str, Any]:
                                               name=f"{group}_probs")
         memory_specs[f"{group}_valid"] = spec([None], tf.bool, name=f"{group}_valid")
 
-    @tf.function(input_signature=[frame_spec, memory_specs])
-    def step(frame, memory):
-        return network.step(frame, memory, *sizes(frame))
+    @tf.function(input_signature=[frame_spec, memory_specs, step_parts])
+    def step(frame, memory, parts):
+        return network.step(frame, memory, *sizes(frame), parts or None)
 
     return {"encode_reference": encode_reference, "step": step}
 
