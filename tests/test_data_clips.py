@@ -18,11 +18,9 @@ from vostrack.data.clips import (
     GapSchedule,
     augment_clip,
     colour_jitter,
-    kmeans_parts,
     random_crop_scale,
     random_flip,
 )
-from vostrack.data.procedural import Scene, SceneConfig
 from vostrack.network.parts import PartsConfig, mask_box, split_mask
 
 COLOURS = {1: (250, 20, 20), 2: (20, 240, 30), 3: (30, 40, 250)}
@@ -122,24 +120,8 @@ def test_to_arrays_pads_to_fixed_shapes():
 
 
 def test_reference_parts_are_split_mask_parts():
-    masks = []
-    rect = np.zeros((100, 200), bool)
-    rect[10:80, 20:150] = True
-    masks.append(rect)
-    yy, xx = np.mgrid[:150, :150]
-    masks.append((yy - 70) ** 2 / 900 + (xx - 80) ** 2 / 3600 < 1)
-    for seed in range(6):
-        labels = Scene(SceneConfig(height=192, width=256, num_frames=1, num_objects=3,
-                                   seed=seed)).render(0).labels
-        masks += [labels == k for k in (1, 2, 3)]
+    # kmeans_parts itself (boxes == split_mask's) is tested in tests/test_parts.py.
     config = PartsConfig(min_part_area=400.0)
-    for mask in masks:
-        parts = split_mask(mask, config)
-        boxes, centres = kmeans_parts(mask, config)
-        np.testing.assert_array_equal(boxes, parts.boxes[:parts.count])
-        assert centres.shape == (parts.count, 2)
-        # Centres lie inside their part's box.
-        assert np.all(centres >= boxes[:, :2]) and np.all(centres <= boxes[:, 2:])
     clip = _clip()
     arrays = clip.to_arrays(4, 6, config)
     for k in (1, 2):

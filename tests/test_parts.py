@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from vostrack.data.procedural import Scene, SceneConfig
 from vostrack.network import parts as P
 
 
@@ -92,6 +93,44 @@ def test_split_is_deterministic_and_ordered():
     assert first.count == 6
     assert _coverage(mask, first.boxes, first.valid) == 1.0  # subsampled k-means, full assignment
     assert np.all(np.diff(centres) >= -20)  # roughly top to bottom
+
+
+def test_kmeans_parts_are_split_mask_parts():
+    masks = []
+    rect = np.zeros((100, 200), bool)
+    rect[10:80, 20:150] = True
+    masks.append(rect)
+    yy, xx = np.mgrid[:150, :150]
+    masks.append((yy - 70) ** 2 / 900 + (xx - 80) ** 2 / 3600 < 1)
+    for seed in range(6):
+        labels = Scene(SceneConfig(height=192, width=256, num_frames=1, num_objects=3,
+                                   seed=seed)).render(0).labels
+        masks += [labels == k for k in (1, 2, 3)]
+    config = P.PartsConfig(min_part_area=400.0)
+    for mask in masks:
+        parts = P.split_mask(mask, config)
+        split = P.kmeans_parts(mask, config)
+        boxes, centres = split.boxes, split.centres
+        np.testing.assert_array_equal(boxes, parts.boxes[:parts.count])
+        assert centres.shape == (parts.count, 2)
+        # Centres lie inside their part's box.
+        assert np.all(centres >= boxes[:, :2]) and np.all(centres <= boxes[:, 2:])
+        # Assigning the mask's pixels to the cluster centres (in cluster order) gives the parts.
+        rows, cols = np.nonzero(mask)
+        part = split.cluster_part[P.nearest_centre(np.stack([rows, cols], 1) + 0.5,
+                                                   split.cluster_centres)]
+        for index, box in enumerate(boxes):
+            sel = part == index
+            np.testing.assert_array_equal(box, [rows[sel].min(), cols[sel].min(),
+                                                rows[sel].max() + 1, cols[sel].max() + 1])
+    empty = P.kmeans_parts(np.zeros((8, 8), bool), config)
+    assert empty.boxes.shape == (0, 4) and empty.centres.shape == (0, 2)
+
+
+def test_nearest_centre_ties_go_to_the_first_centre():
+    points = np.array([[0.5, 0.5], [0.5, 2.5], [0.5, 1.5]])
+    centres = np.array([[0.5, 2.5], [0.5, 0.5]])
+    np.testing.assert_array_equal(P.nearest_centre(points, centres), [1, 0, 0])
 
 
 def test_batch_parts():

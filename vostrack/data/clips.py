@@ -36,7 +36,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import cv2
 import numpy as np
 
-from vostrack.network.parts import PartsConfig, mask_box
+from vostrack.network.parts import PartsConfig, kmeans_parts, mask_box, nearest_centre
 
 __all__ = [
     "VOID",
@@ -50,7 +50,6 @@ __all__ = [
     "random_crop_scale",
     "random_flip",
     "colour_jitter",
-    "kmeans_parts",
 ]
 
 log = logging.getLogger(__name__)
@@ -195,7 +194,7 @@ class Clip:
     def part_boxes(self, config: PartsConfig = PartsConfig()) -> tuple[np.ndarray, np.ndarray]:
         """Part boxes (T, K, P, 4) float32 and validity (T, K, P) bool, P = ``config.max_parts``.
 
-        Frame 0: the parts of :func:`split_mask` of each object (see :func:`kmeans_parts`).
+        Frame 0: the parts of :func:`split_mask` of each object (its :func:`kmeans_parts`).
         Later frames: the carried nearest-centroid assignment of the module docstring. Invalid
         parts have zero boxes.
         """
@@ -204,7 +203,8 @@ class Clip:
         valid = np.zeros((t_count, k_count, p_count), bool)
         for k in range(1, k_count + 1):
             ref_mask = self.labels[0] == k
-            ref_boxes, centres, rank = _kmeans(ref_mask, config)
+            split = kmeans_parts(ref_mask, config)
+            ref_boxes = split.boxes
             n = len(ref_boxes)
             if n == 0:
                 continue
@@ -217,7 +217,7 @@ class Clip:
                 if box is None:
                     continue
                 boxes[t, k - 1, :n], valid[t, k - 1, :n] = _carried_part_boxes(
-                    mask, box, ref_box, centres, rank, n)
+                    mask, box, ref_box, split.cluster_centres, split.cluster_part, n)
         return boxes, valid
 
     # ---- fixed-shape arrays ----------------------------------------------------------------
@@ -262,98 +262,8 @@ class Clip:
         }
 
 
-def _farthest_point_init(points: np.ndarray, k: int) -> np.ndarray:
-    # As split_mask's: maximin seeds from the point farthest from the centroid.
-    centroid = points.mean(axis=0)
-    chosen = [int(np.argmax(((points - centroid) ** 2).sum(1)))]
-    nearest = ((points - points[chosen[0]]) ** 2).sum(1)
-    for _ in range(1, k):
-        chosen.append(int(np.argmax(nearest)))
-        nearest = np.minimum(nearest, ((points - points[chosen[-1]]) ** 2).sum(1))
-    return points[chosen].copy()
-
-
-def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    # The same float expression as split_mask's assignment, so that ties (equidistant pixels)
-    # go the same way: the first centre wins, as with its strict running minimum.
-    distance = ((points[:, None, 0] - centres[None, :, 0]) ** 2
-                + (points[:, None, 1] - centres[None, :, 1]) ** 2)
-    return np.argmin(distance, axis=1)
-
-
-def kmeans_parts(mask: np.ndarray, config: PartsConfig = PartsConfig()
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The parts of :func:`vostrack.network.parts.split_mask` with their k-means centres:
-    ``boxes`` (n, 4) float32 and ``centres`` (n, 2) float64 (row, col; pixel centres at +0.5),
-    for the n valid parts in split_mask's order; each mask pixel belongs to the part of its
-    nearest centre.
-
-    split_mask returns boxes only, and carrying parts to later frames needs the centres, so this
-    runs the same algorithm (same seeds, sample, float expressions, tie-breaking and sort; the
-    tests check that the boxes agree) with a vectorised assignment, which also makes it several
-    times faster than split_mask in the data pipeline.
-    """
-    boxes, centres, rank = _kmeans(mask, config)
-    sorted_centres = np.zeros((len(boxes), 2))
-    for c, r in enumerate(rank):
-        if r >= 0:
-            sorted_centres[r] = centres[c]
-    return boxes, sorted_centres
-
-
-def _kmeans(mask: np.ndarray, config: PartsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(boxes in split_mask's order, centres in cluster order, rank of each cluster in the box
-    order or -1 for an empty cluster). Cluster order is kept for the assignment so that ties
-    between equidistant centres (symmetric shapes have whole rows of such pixels) are broken
-    exactly as split_mask breaks them."""
-    rows, cols = np.nonzero(mask)
-    area = rows.size
-    if area == 0:
-        return np.zeros((0, 4), np.float32), np.zeros((0, 2)), np.zeros(0, np.int64)
-    k = int(np.clip(area // config.min_part_area, 1, config.max_parts))
-    k = min(k, area)
-    points = np.stack([rows, cols], axis=1).astype(np.float64) + 0.5
-    if k > 1:
-        sample = points
-        if area > config.max_points:
-            sample = points[np.linspace(0, area - 1, config.max_points).astype(np.int64)]
-        centres = _farthest_point_init(sample, k)
-        labels = _nearest(sample, centres)
-        for _ in range(config.iterations):
-            # bincount sums each cluster in point order, as split_mask's ``mean(0)`` of the
-            # gathered rows does (a sequential axis-0 reduction), so the centres are the same to
-            # the last bit (the tests check the boxes agree), in one pass instead of k gathers.
-            counts = np.bincount(labels, minlength=k)
-            sums = np.stack([np.bincount(labels, sample[:, 0], minlength=k),
-                             np.bincount(labels, sample[:, 1], minlength=k)], axis=1)
-            new_centres = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
-                                   centres)
-            new_labels = _nearest(sample, new_centres)
-            centres = new_centres
-            if np.array_equal(new_labels, labels):
-                break
-            labels = new_labels
-        labels = _nearest(points, centres)
-    else:
-        labels = np.zeros(area, np.int64)
-        centres = points.mean(0, keepdims=True)
-    found = []
-    for c in range(k):
-        members = labels == c
-        if not np.any(members):
-            continue
-        r, q = rows[members], cols[members]
-        found.append(((r.mean(), q.mean()), c, [r.min(), q.min(), r.max() + 1, q.max() + 1]))
-    found.sort(key=lambda item: item[0])
-    boxes = np.array([box for _, _, box in found], np.float32)
-    rank = np.full(k, -1, np.int64)
-    for position, (_, c, _) in enumerate(found):
-        rank[c] = position
-    return boxes, centres, rank
-
-
 def _carried_part_boxes(mask: np.ndarray, box: np.ndarray, ref_box: np.ndarray,
-                        centres: np.ndarray, rank: np.ndarray, count: int
+                        centres: np.ndarray, cluster_part: np.ndarray, count: int
                         ) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = np.nonzero(mask)
     scale = (ref_box[2:] - ref_box[:2]) / np.maximum(box[2:] - box[:2], 1e-6)
@@ -361,7 +271,7 @@ def _carried_part_boxes(mask: np.ndarray, box: np.ndarray, ref_box: np.ndarray,
     # Into frame 0's object box: (point - box corner) scaled by the box ratio, per axis.
     # float32 is plenty here (no tie-breaking to match, unlike frame 0) and halves the work.
     mapped = (ref_box[:2] + (points - box[:2]) * scale).astype(np.float32)
-    part = rank[_nearest(mapped, centres.astype(np.float32))]
+    part = cluster_part[nearest_centre(mapped, centres.astype(np.float32))]
     boxes = np.zeros((count, 4), np.float32)
     valid = np.zeros(count, bool)
     for c in range(count):

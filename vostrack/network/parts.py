@@ -160,9 +160,13 @@ def _farthest_point_init(points: np.ndarray, k: int) -> np.ndarray:
     return points[chosen].copy()
 
 
-def _assign(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    # One pass per centre with a running minimum: O(points) memory, so the final assignment of
-    # every pixel of a 1080p mask does not build a (pixels, k, 2) array.
+def nearest_centre(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index (N,) int64 of the nearest of ``centres`` (k, 2) to each of ``points`` (N, 2), by
+    squared distance computed in their dtype; a tie goes to the first (lowest-index) centre.
+
+    One pass per centre with a running minimum: O(points) memory, so the final assignment of
+    every pixel of a 1080p mask does not build a (pixels, k, 2) array.
+    """
     best = np.full(len(points), np.inf)
     labels = np.zeros(len(points), np.int64)
     for index, (cy, cx) in enumerate(centres):
@@ -173,27 +177,46 @@ def _assign(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return labels
 
 
-def split_mask(mask: np.ndarray, config: PartsConfig = PartsConfig()) -> Parts:
-    """Split a 2-D object mask into at most ``config.max_parts`` part boxes.
+@dataclasses.dataclass(frozen=True)
+class KMeansParts:
+    """The k-means split of one mask (:func:`kmeans_parts`).
 
-    k-means on the pixel coordinates of the mask, rather than cells of a grid over the object's
-    box: every mask pixel belongs to exactly one part, so the part boxes always cover the whole
-    mask (a grid drops the cells under its mask threshold: thin limbs, the tips of a diagonal
-    object); the parts follow the shape instead of the box (an L-shaped or diagonal object gives
-    no near-empty cells); and the parts have similar areas, so every template holds a similar
-    amount of object. Deterministic: farthest-point seeds, no RNG, parts sorted by centre (top to
-    bottom, then left to right). An empty mask gives no valid part; a mask smaller than
-    ``min_part_area`` gives one part, its tight box.
+    boxes: (n, 4) float32, the tight boxes of the n non-empty clusters in :func:`split_mask`'s
+        order (by mean pixel: top to bottom, then left to right).
+    cluster_centres: (k, 2) float64, every cluster's centre (row, col; pixel centres at +0.5) in
+        cluster (seed) order, the order in which :func:`nearest_centre` breaks ties as the split
+        did: assign new points to these to continue the split (e.g. on a later frame).
+    cluster_part: (k,) int64, each cluster's row in ``boxes``, -1 for a cluster with no pixel.
+    """
+
+    boxes: np.ndarray
+    cluster_centres: np.ndarray
+    cluster_part: np.ndarray
+
+    @property
+    def centres(self) -> np.ndarray:
+        """(n, 2) float64: the centre of each part, aligned with ``boxes``."""
+        centres = np.zeros((len(self.boxes), 2))
+        kept = self.cluster_part >= 0
+        centres[self.cluster_part[kept]] = self.cluster_centres[kept]
+        return centres
+
+
+def kmeans_parts(mask: np.ndarray, config: PartsConfig = PartsConfig()) -> KMeansParts:
+    """The parts of :func:`split_mask` (its valid boxes, in its order) with their k-means centres.
+
+    k-means of the mask's pixel coordinates into ``area // min_part_area`` clusters (at least 1,
+    at most ``max_parts``): farthest-point seeds, Lloyd iterations on an even subsample of at
+    most ``max_points`` pixels, then every pixel assigned to its nearest centre. A single
+    cluster's centre is the mean pixel. An empty mask gives no part.
     """
     mask = np.asarray(mask).astype(bool)
     if mask.ndim != 2:
         raise ValueError(f"split_mask needs a 2-D mask, got shape {mask.shape}")
-    boxes = np.zeros((config.max_parts, 4), np.float32)
-    valid = np.zeros(config.max_parts, bool)
     rows, cols = np.nonzero(mask)
     area = rows.size
     if area == 0:
-        return Parts(boxes, valid)
+        return KMeansParts(np.zeros((0, 4), np.float32), np.zeros((0, 2)), np.zeros(0, np.int64))
     k = int(np.clip(area // config.min_part_area, 1, config.max_parts))
     k = min(k, area)
     points = np.stack([rows, cols], axis=1).astype(np.float64) + 0.5
@@ -202,32 +225,59 @@ def split_mask(mask: np.ndarray, config: PartsConfig = PartsConfig()) -> Parts:
         if area > config.max_points:
             sample = points[np.linspace(0, area - 1, config.max_points).astype(np.int64)]
         centres = _farthest_point_init(sample, k)
-        labels = _assign(sample, centres)
+        labels = nearest_centre(sample, centres)
         for _ in range(config.iterations):
-            # An empty cluster keeps its centre (cannot happen from distinct seeds on the first
-            # step; kept for safety on later steps).
-            new_centres = np.stack([sample[labels == c].mean(0) if np.any(labels == c)
-                                    else centres[c] for c in range(k)])
-            new_labels = _assign(sample, new_centres)
+            # Each cluster's mean, summed by bincount in point order: the same sequential sum
+            # as ``sample[labels == c].mean(0)`` (axis-0 reductions are not pairwise), so the
+            # same centres to the last bit, in one pass instead of k gathers. An empty cluster
+            # keeps its centre (cannot happen from distinct seeds on the first step; kept for
+            # safety on later steps).
+            counts = np.bincount(labels, minlength=k)
+            sums = np.stack([np.bincount(labels, sample[:, 0], minlength=k),
+                             np.bincount(labels, sample[:, 1], minlength=k)], axis=1)
+            new_centres = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
+                                   centres)
+            new_labels = nearest_centre(sample, new_centres)
             centres = new_centres
             if np.array_equal(new_labels, labels):
                 break
             labels = new_labels
-        labels = _assign(points, centres)
+        labels = nearest_centre(points, centres)
     else:
         labels = np.zeros(area, np.int64)
+        centres = points.mean(0, keepdims=True)
     found = []
     for c in range(k):
         members = labels == c
         if not np.any(members):
             continue
         r, q = rows[members], cols[members]
-        found.append(((r.mean(), q.mean()),
-                      [r.min(), q.min(), r.max() + 1, q.max() + 1]))
+        found.append(((r.mean(), q.mean()), c, [r.min(), q.min(), r.max() + 1, q.max() + 1]))
     found.sort(key=lambda item: item[0])
-    for index, (_, box) in enumerate(found):
-        boxes[index] = box
-        valid[index] = True
+    boxes = np.array([box for _, _, box in found], np.float32).reshape(-1, 4)
+    cluster_part = np.full(k, -1, np.int64)
+    for position, (_, c, _) in enumerate(found):
+        cluster_part[c] = position
+    return KMeansParts(boxes, centres, cluster_part)
+
+
+def split_mask(mask: np.ndarray, config: PartsConfig = PartsConfig()) -> Parts:
+    """Split a 2-D object mask into at most ``config.max_parts`` part boxes.
+
+    k-means on the pixel coordinates of the mask (:func:`kmeans_parts`), rather than cells of a
+    grid over the object's box: every mask pixel belongs to exactly one part, so the part boxes
+    always cover the whole mask (a grid drops the cells under its mask threshold: thin limbs, the
+    tips of a diagonal object); the parts follow the shape instead of the box (an L-shaped or
+    diagonal object gives no near-empty cells); and the parts have similar areas, so every
+    template holds a similar amount of object. Deterministic: farthest-point seeds, no RNG, parts
+    sorted by centre (top to bottom, then left to right). An empty mask gives no valid part; a
+    mask smaller than ``min_part_area`` gives one part, its tight box.
+    """
+    found = kmeans_parts(mask, config).boxes
+    boxes = np.zeros((config.max_parts, 4), np.float32)
+    valid = np.zeros(config.max_parts, bool)
+    boxes[:len(found)] = found
+    valid[:len(found)] = True
     return Parts(boxes, valid)
 
 
