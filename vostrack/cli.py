@@ -225,16 +225,85 @@ def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime:
         segment_video(source, annotations, propagator, options, model_info)
 
 
-# ------------------------------------------------------------------------ train (later)
-_NOT_YET = {"allow_extra_args": True, "ignore_unknown_options": True,
-            "help_option_names": ["-h", "--help"]}
+# ---------------------------------------------------------------------------------- train
+@cli.command()
+@click.option("--data", "data", multiple=True, help="Training data: a DAVIS or YouTube-VOS tree, a "
+              "folder of images + masks, or 'procedural'. Repeat to mix (weights: --config).")
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="Training config, JSON or YAML (see configs/train-*.json); options below "
+                   "override it.")
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path),
+              help="Run folder: config, checkpoints, metrics, TensorBoard scalars.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--steps", type=click.IntRange(min=1), help="Total training steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Clips per step.")
+@click.option("--size", type=click.IntRange(min=64), help="Training crop size in pixels.")
+@click.option("--backbone", help="Backbone name (e.g. efficientnet_lite2, resnet50_v2).")
+@click.option("--init", "init", type=click.Path(path_type=Path),
+              help="Start from these network weights (.weights.h5 or a checkpoint folder).")
+@click.option("--val", type=click.Path(path_type=Path),
+              help="A DAVIS tree scored every val_every steps; the best checkpoint is kept.")
+@click.option("--exclude", multiple=True, help="Sequence names never to train on.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: bool,
+          steps: int | None, batch_size: int | None, size: int | None, backbone: str | None,
+          init: Path | None, val: Path | None, exclude: Sequence[str], quiet: bool) -> None:
+    """Train the network (on a GPU: KERAS_BACKEND=jax; see tools/train_on_device.sh)."""
+    import dataclasses
+
+    from vostrack.training.trainer import DataSpec, TrainConfig, open_run
+
+    config = None
+    if not resume:
+        values: dict = {}
+        if config_path is not None:
+            values = _read_config(config_path)
+        config = TrainConfig.from_dict(values)
+        overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size),
+                                       ("size", size)) if v is not None}
+        if data:
+            overrides["data"] = tuple(DataSpec(str(d)) for d in data)
+        if init is not None:
+            overrides["init"] = str(init)
+        if val is not None:
+            overrides["val"] = str(val)
+        if exclude:
+            overrides["exclude"] = tuple(exclude)
+        if backbone:
+            overrides["model"] = dataclasses.replace(config.model, backbone=backbone)
+        config = dataclasses.replace(config, **overrides)
+        for spec in config.data:
+            if spec.path != "procedural" and not Path(spec.path).exists():
+                raise VostrackError(f"--data {spec.path}: not found")
+    elif any(v is not None for v in (config_path, steps, batch_size, size, backbone, init, val)) \
+            or data or exclude:
+        raise VostrackError("--resume continues the run as it was configured; give only --out")
+    trainer = open_run(run_dir, config, resume)
+    metrics = trainer.train(progress=not quiet)
+    click.echo(f"step {trainer.step}: loss {metrics.get('loss', float('nan')):.4f} -> "
+               f"{run_dir / 'checkpoints' / 'latest'}")
 
 
-@cli.command(context_settings=_NOT_YET)
-def train() -> None:
-    """Train the network (not available in this version)."""
-    raise VostrackError("`vostrack train` is not available in this version: the training "
-                        "pipeline has not landed yet")
+def _read_config(path: Path) -> dict:
+    import json
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise VostrackError(f"cannot read config {path}: {exc.strerror}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise VostrackError("YAML configs need PyYAML (pip install pyyaml); JSON works "
+                                "as it is") from None
+        return yaml.safe_load(text) or {}
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise VostrackError(f"config {path} is not valid JSON ({exc})") from None
+
+
 
 
 @cli.command("validate-backbone")
@@ -294,13 +363,15 @@ def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_p
 @click.option("--config", "config_path", type=click.Path(path_type=Path),
               help="A model config (JSON, e.g. configs/matching.json): build it from the "
                    "backbone's ImageNet weights (needs the train extra).")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="A training run folder (its latest checkpoint) or a checkpoint folder.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(path_type=Path),
               help="The model folder to write (frozen.pb, saved_model/, weights, manifest.json).")
 @click.option("--name", help="Model name recorded in the manifest (default: the folder's name).")
 @click.option("--no-saved-model", is_flag=True, help="Skip the SavedModel (smaller folder).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
-def export(model: str | None, config_path: Path | None, output_dir: Path, name: str | None,
-           no_saved_model: bool, overwrite: bool) -> None:
+def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
+           output_dir: Path, name: str | None, no_saved_model: bool, overwrite: bool) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
     import json
 
@@ -309,8 +380,9 @@ def export(model: str | None, config_path: Path | None, output_dir: Path, name: 
     from vostrack.registry import read_manifest, resolve_model
     from vostrack.serving.export import export_model
 
-    if (model is None) == (config_path is None):
-        raise VostrackError("give one of --model (an installed model) or --config (a config file)")
+    if sum(x is not None for x in (model, config_path, checkpoint)) != 1:
+        raise VostrackError("give one of --model (an installed model), --config (a config file) "
+                            "or --checkpoint (a training run)")
     if output_dir.exists() and not overwrite:
         raise VostrackError(f"{output_dir} already exists; use --overwrite to replace it")
     if config_path is not None:
@@ -319,6 +391,10 @@ def export(model: str | None, config_path: Path | None, output_dir: Path, name: 
         except (OSError, ValueError, TypeError) as exc:
             raise VostrackError(f"cannot read config {config_path}: {exc}") from None
         network = VosNetwork(config, weights="imagenet")
+    elif checkpoint is not None:
+        from vostrack.training.trainer import checkpoint_network
+
+        network = checkpoint_network(checkpoint)
     else:
         model_dir = resolve_model(model)
         manifest = read_manifest(model_dir)
