@@ -48,8 +48,16 @@ def write_label_png(path: str | Path, labels: np.ndarray) -> None:
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
-    """Read a palette PNG as its index map (uint8); grayscale PNGs are returned as stored."""
+    """Read a palette PNG as its index map (uint8); grayscale PNGs are returned as stored.
+
+    Real annotation sets mix modes (DAVIS-2016 train holds a few grayscale+alpha PNGs): the
+    alpha of an LA image and the bit depth of a 1-bit one carry no label, so they are dropped.
+    """
     with Image.open(path) as image:
+        if image.mode == "LA":
+            image = image.getchannel("L")
+        elif image.mode == "1":
+            return np.array(image, dtype=np.uint8) * 255
         if image.mode not in ("P", "L"):
             raise ValueError(f"{path}: expected a palette or grayscale PNG, got mode {image.mode}")
         return np.array(image, dtype=np.uint8)
