@@ -1,13 +1,14 @@
 """Prepare what a training run on a lent GPU machine carries (nothing of it is committed).
 
-    python tools/prepare_device.py --config configs/train-davis.json [--height 240]
+    python tools/prepare_device.py --config configs/train-davis.json [--height 360]
+    (on the device, tools/train_on_device.sh runs: python3 tools/prepare_device.py --unpack)
 
 Writes, in the repository's root (both folders are git-ignored; name them in the device tool's
 `carry`):
 - ``.whl/``: the wheels the device machine lacks (keras and what it needs there), for Python
   3.12 manylinux x86_64;
-- ``.devdata/``: a down-scaled copy of the training data the config names (DAVIS trees and
-  image+mask folders, JPEG frames, PNG masks) and ``init/``, the network's starting weights
+- ``.devdata/``: a down-scaled copy of the training data the config names (DAVIS trees with
+  their frames packed as H.264 videos, image+mask folders as JPEG/PNG) and ``init/``, the network's starting weights
   (ImageNet backbone, new heads) as fp16 shards, so the backbone's weight package need not travel.
 The device machine has no network and no TensorFlow: tools/train_on_device.sh trains there with
 KERAS_BACKEND=jax. Keep the whole carry under 64 MiB (the script prints its size).
@@ -38,10 +39,50 @@ def download_wheels(target: Path) -> None:
                     "-d", str(target), *WHEELS], check=True)
 
 
+def pack_frames(folder: Path, target: Path, height: int) -> None:
+    """A folder of video frames as one H.264 file (a tenth of the JPEGs' size: the carry to a
+    device machine is 64 MiB) plus the frame names; :func:`unpack` restores the JPEGs there."""
+    import imageio_ffmpeg
+
+    from vostrack.io.frames import list_images, read_image_rgb
+
+    files = list_images(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    first = read_image_rgb(files[0])
+    size = (2 * round(first.shape[1] * height / first.shape[0] / 2), height)
+    writer = imageio_ffmpeg.write_frames(str(target / "frames.mp4"), size, fps=24,
+                                         codec="libx264", macro_block_size=1,
+                                         output_params=["-crf", "20"], ffmpeg_log_level="error")
+    writer.send(None)
+    for file in files:
+        frame = cv2.resize(read_image_rgb(file), size, interpolation=cv2.INTER_AREA)
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    (target / "frames.txt").write_text("\n".join(f.name for f in files) + "\n")
+
+
+def unpack(root: Path) -> None:
+    """On the device: every frames.mp4 back into its JPEG frames (OpenCV decodes H.264)."""
+    for video in sorted(root.rglob("frames.mp4")):
+        names = (video.parent / "frames.txt").read_text().split()
+        capture = cv2.VideoCapture(str(video))
+        for name in names:
+            ok, frame = capture.read()
+            if not ok:
+                sys.exit(f"{video}: fewer frames than {len(names)}")
+            cv2.imwrite(str(video.parent / name), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        capture.release()
+        video.unlink()
+        (video.parent / "frames.txt").unlink()
+
+
 def shrink_tree(source: Path, target: Path, height: int) -> None:
-    """Every image under ``source`` resized to ``height`` (JPEG frames, PNG masks by nearest)."""
+    """Every image under ``source`` resized to ``height`` (JPEG frames, PNG masks by nearest);
+    the frame folders of a DAVIS / YouTube-VOS tree (under JPEGImages/) packed as videos."""
+    for folder in sorted({p.parent for p in source.rglob("JPEGImages/**/*.jpg")}):
+        pack_frames(folder, target / folder.relative_to(source), height)
     for path in sorted(source.rglob("*")):
-        if not path.is_file():
+        if not path.is_file() or "JPEGImages" in path.parts:
             continue
         out = target / path.relative_to(source)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -65,13 +106,21 @@ def shrink_tree(source: Path, target: Path, height: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--unpack", action="store_true",
+                        help="on the device machine: restore the packed frames in .devdata")
     args = parser.parse_args()
+    if args.unpack:
+        unpack(ROOT / ".devdata")
+        return
+    if args.config is None:
+        parser.error("--config is required")
     config = json.loads(args.config.read_text())
     download_wheels(ROOT / ".whl")
     data = ROOT / ".devdata"
-    data.mkdir(exist_ok=True)
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir()
     device_specs = []
     for spec in config["data"]:
         path = spec["path"]
@@ -96,8 +145,10 @@ def main() -> None:
         {**config, "data": device_specs, "init": ".devdata/init"}, indent=2))
     total = sum(p.stat().st_size for p in (ROOT / ".whl").rglob("*") if p.is_file())
     total += sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
-    print(f"carry: .whl + .devdata = {total / 2**20:.1f} MiB; the device config is "
-          f".devdata/config.json")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True).stdout
+    total += sum((ROOT / f).stat().st_size for f in tracked.decode().split("\0") if f)
+    print(f"what travels: the tracked files + .whl + .devdata = {total / 2**20:.1f} MiB "
+          f"(limit 64); the device config is .devdata/config.json")
 
 
 if __name__ == "__main__":

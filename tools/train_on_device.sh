@@ -15,6 +15,7 @@ run="${2:?run folder}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl
 export PYTHONPATH="/tmp/site:$PWD" KERAS_BACKEND=jax PYTHONUNBUFFERED=1
+python3 tools/prepare_device.py --unpack
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 if [ -f "$run/checkpoints/latest" ]; then
   args=(--out "$run" --resume)
