@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,13 +51,18 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     straight = open_run(tmp_path / "a", TINY, resume=False)
     straight.train(progress=False)
     first = open_run(tmp_path / "b", TINY, resume=False)
-    first.train(steps=2, progress=False)  # stops after the step-2 checkpoint
+    first.train(steps=3, progress=False)
+    # as if killed during step 4: step 3 was logged, the last checkpoint is step 2
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_0000003")
+    (tmp_path / "b" / "checkpoints" / "latest").write_text("step_0000002\n")
     resumed = open_run(tmp_path / "b", None, resume=True)
     assert resumed.step == 2
     resumed.train(progress=False)
     for a, b in zip(weights(straight), weights(resumed)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step_0000004"
+    logged = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").open()]
+    assert logged == [1, 2, 3, 4]  # step 3 of the stopped run was dropped, then logged again
     shards = list((tmp_path / "b" / "checkpoints" / "step_0000004").glob("*.npz"))
     assert shards and max(p.stat().st_size for p in shards) <= 16 * 2**20
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from vostrack.errors import VostrackError
-from vostrack.io.atomic import write_json
+from vostrack.io.atomic import atomic_path, write_json
 from vostrack.network.config import ModelConfig, PartsModelConfig
 
 log = logging.getLogger(__name__)
@@ -412,6 +412,15 @@ class Trainer:
         return jf
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop what a stopped run logged after its last checkpoint: the resumed run logs it again."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+
+
 def open_run(run_dir: Path, config: TrainConfig | None, resume: bool) -> Trainer:
     """A new run in ``run_dir`` (refused if one is there) or the resumed one."""
     run_dir = Path(run_dir)
@@ -422,6 +431,7 @@ def open_run(run_dir: Path, config: TrainConfig | None, resume: bool) -> Trainer
             raise VostrackError(f"nothing to resume in {run_dir}: no checkpoint")
         trainer = Trainer(TrainConfig.from_dict(json.loads(saved.read_text())), run_dir)
         trainer.restore(checkpoint)
+        _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
         log.info("resumed %s at step %d", run_dir, trainer.step)
         return trainer
     if saved.exists():
