@@ -85,13 +85,20 @@ def test_the_jax_backend_runs_training_steps(tmp_path):
     assert [m["step"] for m in metrics] == [1, 2] and all(np.isfinite(m["loss"]) for m in metrics)
 
 
-def test_train_command_resume_and_export(tmp_path):
+def test_train_command_validation_resume_and_export(tmp_path):
+    from tests.test_cli_validate import make_tree
+
+    make_tree(tmp_path / "tree", num_frames=5)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({**TINY.to_dict(), "steps": 2}))
+    config.write_text(json.dumps({**TINY.to_dict(), "steps": 2, "val_every": 2}))
     run = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--out", str(run), "-q"])
+    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--out", str(run), "-q",
+                                      "--val", str(tmp_path / "tree")])
     assert result.exit_code == 0, result.output
     assert "step 2" in result.output
+    scores = [json.loads(line) for line in (run / "metrics.jsonl").open() if "val_jf" in line]
+    assert len(scores) == 1 and 0.0 <= scores[0]["val_jf"] <= 1.0
+    assert (run / "best" / "state.json").is_file()
     again = CliRunner().invoke(cli, ["train", "--config", str(config), "--out", str(run), "-q"])
     assert again.exit_code == 2 and "--resume" in again.stderr
     mixed = CliRunner().invoke(cli, ["train", "--out", str(run), "--resume", "--steps", "9"])

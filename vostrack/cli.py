@@ -200,29 +200,13 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
 def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime: str,
                    overwrite: bool, quiet: bool) -> None:
     """Run the segment job on each sequence from its first annotated frame."""
-    import numpy as np
-
-    from vostrack.inference.pipeline import OutputOptions, segment_video
-    from vostrack.io.frames import open_frames
-    from vostrack.io.masks import Annotation
+    from vostrack.evaluation.segment_tree import segment_tree
     from vostrack.registry import load_propagator, native_stderr_silenced
 
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
         propagator, model_info = load_propagator(model, runtime)
-    for seq in seqs:
-        source = open_frames(tree.images_dir / seq)
-        first = tree.frame_names(seq)[0]
-        # The tree's own reading of the annotation (2016: one object; 2017: 255 is void).
-        _, masks, _ = next(tree.iter_ground_truth(seq, [first]))
-        labels = np.zeros(masks.shape[1:], np.uint8)
-        for k, mask in enumerate(masks, start=1):
-            labels[mask] = k
-        annotations = [Annotation(source.frame_names.index(first), labels,
-                                  (tree.annotation_path(seq, first),))]
-        options = OutputOptions(output_dir / seq, overwrite=overwrite, progress=not quiet)
-        if not quiet:
-            click.echo(seq, err=True)
-        segment_video(source, annotations, propagator, options, model_info)
+    segment_tree(tree, seqs, propagator, output_dir, model_info, overwrite=overwrite,
+                 progress=not quiet, announce=None if quiet else lambda s: click.echo(s, err=True))
 
 
 # ---------------------------------------------------------------------------------- train

@@ -381,26 +381,16 @@ class Trainer:
         import tempfile
 
         from vostrack.evaluation.davis import DavisTree, score
-        from vostrack.inference.pipeline import OutputOptions, segment_video
+        from vostrack.evaluation.segment_tree import segment_tree
         from vostrack.inference.propagator import MatchingPropagator, PartsPropagator
         from vostrack.inference.runtimes import KerasRuntime
-        from vostrack.io.frames import open_frames
-        from vostrack.io.masks import Annotation
 
         tree = DavisTree(self.config.val)
         seqs = tree.sequences(names=list(self.config.val_sequences) or None)
         propagator = (PartsPropagator if self.config.model.parts else MatchingPropagator)(
             KerasRuntime(self.network))
         with tempfile.TemporaryDirectory() as out:
-            for seq in seqs:
-                source = open_frames(tree.images_dir / seq)
-                first = tree.frame_names(seq)[0]
-                _, masks, _ = next(tree.iter_ground_truth(seq, [first]))
-                labels = np.zeros(masks.shape[1:], np.uint8)
-                for k, mask in enumerate(masks, start=1):
-                    labels[mask] = k
-                segment_video(source, [Annotation(0, labels, ())], propagator,
-                              OutputOptions(Path(out) / seq, progress=False))
+            segment_tree(tree, seqs, propagator, Path(out))
             jf = score(tree, out, seqs).overall.jf
         self._log({"step": self.step, "val_jf": jf})
         if jf > self.best:
