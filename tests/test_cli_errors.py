@@ -177,6 +177,12 @@ def test_help_lists_every_command():
         assert command in result.output
 
 
-@pytest.mark.parametrize("command", ["train"])
-def test_commands_that_need_the_model_say_so(command):
-    fails([command, "--anything"], "not available")
+def test_train_with_a_bad_config(tmp_path):
+    fails(["train", "--config", tmp_path / "missing.json", "--out", tmp_path / "run"],
+          "cannot read config")
+    (tmp_path / "bad.json").write_text("{not json")
+    fails(["train", "--config", tmp_path / "bad.json", "--out", tmp_path / "run"], "not valid JSON")
+    (tmp_path / "odd.json").write_text('{"stepz": 3}')
+    fails(["train", "--config", tmp_path / "odd.json", "--out", tmp_path / "run"],
+          "unknown training option(s): stepz")
+    assert not (tmp_path / "run").exists()
