@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from vostrack.network.matching import l2_normalize, propagate_labels, window_indices
+from vostrack.network.matching import (UNKNOWN, l2_normalize, propagate_labels, read_votes,
+                                       window_indices)
 
 
 def naive_propagation(query, keys, probs, local, valid, radius, top_k, temperature):
@@ -66,3 +67,15 @@ def test_window_indices_and_normalisation():
     assert sorted(index[5][inside[5]].tolist()) == [0, 1, 2, 4, 5, 6, 8, 9, 10]
     x = ops.convert_to_numpy(l2_normalize(np.array([[3.0, 4.0]])))
     np.testing.assert_allclose(x, [[0.6, 0.8]], atol=1e-6)
+
+
+def test_votes_of_frames_that_never_saw_an_object_do_not_count_against_it():
+    weights = np.array([[0.5, 0.5]], np.float32)
+    # candidate 0 (an old frame) knows object 1 only and calls the pixel background;
+    # candidate 1 (a newer frame) knows both and says object 2
+    votes = np.array([[[1.0, 0.0, UNKNOWN], [0.0, 0.0, 1.0]]], np.float32)
+    out = ops.convert_to_numpy(read_votes(weights, votes))[0]
+    np.testing.assert_allclose(out, [0.0, 0.0, 1.0], atol=1e-6)
+    everyone_knows = np.array([[[1.0, 0.0, 0.0], [0.0, 0.2, 0.8]]], np.float32)
+    np.testing.assert_allclose(ops.convert_to_numpy(read_votes(weights, everyone_knows))[0],
+                               [0.5, 0.1, 0.4], atol=1e-6)  # = sum_j w_j p_j, as before

@@ -1,6 +1,6 @@
 """Prepare what a training run on a lent GPU machine carries (nothing of it is committed).
 
-    python tools/prepare_device.py --config configs/train-davis.json [--height 360]
+    python tools/prepare_device.py --config configs/train-davis.json [--height 320]
     (on the device, tools/train_on_device.sh runs: python3 tools/prepare_device.py --unpack)
 
 Writes, in the repository's root (both folders are git-ignored; name them in the device tool's
@@ -52,7 +52,7 @@ def pack_frames(folder: Path, target: Path, height: int) -> None:
     size = (2 * round(first.shape[1] * height / first.shape[0] / 2), height)
     writer = imageio_ffmpeg.write_frames(str(target / "frames.mp4"), size, fps=24,
                                          codec="libx264", macro_block_size=1,
-                                         output_params=["-crf", "20"], ffmpeg_log_level="error")
+                                         output_params=["-crf", "23"], ffmpeg_log_level="error")
     writer.send(None)
     for file in files:
         frame = cv2.resize(read_image_rgb(file), size, interpolation=cv2.INTER_AREA)
@@ -92,6 +92,9 @@ def shrink_tree(source: Path, target: Path, height: int) -> None:
         is_mask = path.suffix.lower() == ".png" or "mask" in str(path.parent).lower()
         flag = cv2.IMREAD_UNCHANGED if is_mask else cv2.IMREAD_COLOR
         image = cv2.imread(str(path), flag)
+        if image.shape[0] <= height:  # never upscale (the readers resize masks to their image)
+            shutil.copy2(path, out)
+            continue
         scale = height / image.shape[0]
         size = (max(1, round(image.shape[1] * scale)), height)
         if is_mask and path.suffix.lower() == ".png":
@@ -101,13 +104,13 @@ def shrink_tree(source: Path, target: Path, height: int) -> None:
                 im.resize(size, Image.NEAREST).save(out)
         else:
             small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            cv2.imwrite(str(out), small, [cv2.IMWRITE_JPEG_QUALITY, 85])
+            cv2.imwrite(str(out), small, [cv2.IMWRITE_JPEG_QUALITY, 80])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path)
-    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--height", type=int, default=320)
     parser.add_argument("--unpack", action="store_true",
                         help="on the device machine: restore the packed frames in .devdata")
     args = parser.parse_args()

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from vostrack.network.config import ModelConfig, working_size
+from vostrack.network.matching import UNKNOWN
 from vostrack.network.parts import PartsConfig, split_mask
 
 
@@ -31,10 +32,11 @@ class MemoryFrame:
     probs: np.ndarray  # (h, w, K+1) float32, channel 0 = background
 
     def with_objects(self, old_ids: tuple[int, ...], new_ids: tuple[int, ...]) -> "MemoryFrame":
-        """The same frame with channels for objects it has never seen (probability 0)."""
+        """The same frame with channels for objects it has never seen: UNKNOWN, not 0 (it may
+        well show them, as background: see vostrack.network.matching.read_votes)."""
         if old_ids == new_ids:
             return self
-        probs = np.zeros(self.probs.shape[:2] + (len(new_ids) + 1,), np.float32)
+        probs = np.full(self.probs.shape[:2] + (len(new_ids) + 1,), UNKNOWN, np.float32)
         probs[..., 0] = self.probs[..., 0]
         for channel, k in enumerate(old_ids, start=1):
             probs[..., new_ids.index(k) + 1] = self.probs[..., channel]

@@ -15,6 +15,7 @@ from typing import Any
 from keras import ops
 
 _DISALLOWED = -1e4  # affinity given to candidates a query may not match (softmax weight 0)
+UNKNOWN = -1.0  # memory probability of an object the frame never saw (see read_votes)
 
 
 def l2_normalize(features: Any, axis: int = -1) -> Any:
@@ -84,5 +85,25 @@ def propagate_labels(query: Any, reference_keys: Any, reference_probs: Any, refe
         local_probs, ops.expand_dims(ops.clip(chosen - num_global, 0, num_recent * window - 1), -1),
         axis=1)
     votes = ops.where(ops.expand_dims(chosen < num_global, -1), from_global, from_local)
-    out = ops.sum(ops.expand_dims(weights, -1) * votes, axis=1)
-    return ops.reshape(out, (height, width, num_classes))
+    return ops.reshape(read_votes(weights, votes), (height, width, num_classes))
+
+
+def read_votes(weights: Any, votes: Any) -> Any:
+    """(cells, k) weights summing to 1 and (cells, k, K+1) voted probabilities -> (cells, K+1).
+
+    A memory frame older than an object's first annotation never saw it: its vote for that
+    object is UNKNOWN (negative), not 0 (its "background" covered the object: in the judo
+    example the late objects stand in the frame from the start). So each object's probability
+    is the weighted mean over the candidates that know it, and the background is what the
+    objects leave (all rescaled if they claim more than 1). When every candidate knows every
+    object this is exactly ``sum_j w_j p_j``.
+    """
+    known = ops.cast(votes >= 0.0, "float32")
+    probs = ops.maximum(votes, 0.0) * known
+    w = ops.expand_dims(weights, -1)
+    objects = (ops.sum(w * probs, axis=1)[:, 1:]
+               / ops.maximum(ops.sum(w * known, axis=1)[:, 1:], 1e-12))
+    total = ops.sum(objects, axis=-1, keepdims=True)
+    objects = objects / ops.maximum(total, 1.0)
+    background = ops.maximum(1.0 - total, 0.0)
+    return ops.concatenate([background, objects], axis=-1)
