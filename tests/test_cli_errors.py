@@ -185,4 +185,7 @@ def test_train_with_a_bad_config(tmp_path):
     (tmp_path / "odd.json").write_text('{"stepz": 3}')
     fails(["train", "--config", tmp_path / "odd.json", "--out", tmp_path / "run"],
           "unknown training option(s): stepz")
+    (tmp_path / "warm.json").write_text('{"steps": 10, "warmup_steps": 50}')
+    fails(["train", "--config", tmp_path / "warm.json", "--out", tmp_path / "run"],
+          "warmup_steps (50) must lie in 0..steps (10)")
     assert not (tmp_path / "run").exists()

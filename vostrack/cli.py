@@ -255,6 +255,8 @@ def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: 
             overrides["exclude"] = tuple(exclude)
         if backbone:
             overrides["model"] = dataclasses.replace(config.model, backbone=backbone)
+        if steps is not None and "warmup_steps" not in values:
+            overrides["warmup_steps"] = min(config.warmup_steps, steps)
         config = dataclasses.replace(config, **overrides)
         for spec in config.data:
             if spec.path != "procedural" and not Path(spec.path).exists():

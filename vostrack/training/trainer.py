@@ -77,6 +77,25 @@ class TrainConfig:
     val_sequences: tuple[str, ...] = ()
     init: str | None = None  # network weights (.weights.h5 or a checkpoint folder) to start from
 
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
+            (0 <= self.warmup_steps <= self.steps,
+             f"warmup_steps ({self.warmup_steps}) must lie in 0..steps ({self.steps})"),
+            (self.freeze_steps >= 0, "freeze_steps must be >= 0"),
+            (self.checkpoint_every >= 1 and self.log_every >= 1 and self.val_every >= 1,
+             "checkpoint_every, log_every and val_every must be >= 1"),
+            (self.batch_size >= 1 and self.max_objects >= 1 and self.num_frames >= 3,
+             "batch_size and max_objects must be >= 1, num_frames >= 3"),
+            (self.size >= 64, f"size must be at least 64 pixels, got {self.size}"),
+            (0 < self.floor_lr <= self.peak_lr, "need 0 < floor_lr <= peak_lr"),
+            (self.bootstrap[0] <= self.bootstrap[1], "bootstrap: start must not exceed end"),
+            (bool(self.data), "no training data"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise VostrackError(f"training config: {message}")
+
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
