@@ -23,7 +23,8 @@ def child(model: str, runtime: str, frames: int, objects: int) -> dict:
     import numpy as np
 
     from vostrack.data.procedural import SceneConfig, iter_scene
-    from vostrack.registry import load_propagator, native_stderr_silenced
+    from vostrack.inference.quiet import native_stderr_silenced
+    from vostrack.registry import load_propagator
 
     with native_stderr_silenced():
         propagator, info = load_propagator(model, runtime)

@@ -114,7 +114,8 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
     from vostrack.inference.pipeline import OutputOptions, SegmentRun
     from vostrack.io.frames import open_frames
     from vostrack.io.masks import MaskReader, load_annotations
-    from vostrack.registry import load_propagator, native_stderr_silenced
+    from vostrack.inference.quiet import native_stderr_silenced
+    from vostrack.registry import load_propagator
 
     source = open_frames(input_path, fps=fps)
     reader = MaskReader()
@@ -201,7 +202,8 @@ def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime:
                    overwrite: bool, quiet: bool) -> None:
     """Run the segment job on each sequence from its first annotated frame."""
     from vostrack.evaluation.segment_tree import segment_tree
-    from vostrack.registry import load_propagator, native_stderr_silenced
+    from vostrack.inference.quiet import native_stderr_silenced
+    from vostrack.registry import load_propagator
 
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
         propagator, model_info = load_propagator(model, runtime)

@@ -9,12 +9,10 @@ model name, looked up in the folders below in order, or a path to such a folder:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Iterator
 
 from vostrack.errors import VostrackError
 from vostrack.inference.contract import Propagator
@@ -58,25 +56,6 @@ def read_manifest(model_dir: Path) -> dict:
         return json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VostrackError(f"model {model_dir}: unreadable {MANIFEST} ({exc})") from None
-
-
-@contextlib.contextmanager
-def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
-    """Silence file descriptor 2 (where TF's C++ start-up logging goes, whatever
-    TF_CPP_MIN_LOG_LEVEL says) while TensorFlow is imported and a graph is loaded."""
-    if not enabled:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def load_propagator(name: str, runtime: str = "frozen") -> tuple[Propagator, dict]:

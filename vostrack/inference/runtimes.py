@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from vostrack.inference.quiet import native_stderr_silenced
 from vostrack.network.config import (MEMORY_INPUTS, PART_REFERENCE_INPUTS, PART_STEP_INPUTS,
                                      ModelConfig, working_size)
 
@@ -79,6 +80,7 @@ class FrozenRuntime:
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
         self._session = tf.compat.v1.Session(graph=graph)
+        self._ran: set[str] = set()  # TF logs oneDNN notes to stderr when a function first runs
         self._inputs = {fn: {k: graph.get_tensor_by_name(v) for k, v in names["inputs"].items()}
                         for fn, names in tensors.items()}
         self._outputs = {fn: {k: graph.get_tensor_by_name(v) for k, v in names["outputs"].items()}
@@ -86,4 +88,7 @@ class FrozenRuntime:
 
     def run(self, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {tensor: inputs[name] for name, tensor in self._inputs[function].items()}
-        return self._session.run(self._outputs[function], feeds)
+        with native_stderr_silenced(function not in self._ran):
+            outputs = self._session.run(self._outputs[function], feeds)
+        self._ran.add(function)
+        return outputs
