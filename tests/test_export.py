@@ -82,6 +82,11 @@ def test_export_writes_a_complete_model_folder(exported):
         "recent_probs", "recent_valid"}
     assert set(manifest["tensors"]["step"]["outputs"]) == {"index", "grid", "key"}
     assert not list(exported.parent.glob(".tiny*"))  # written aside, renamed into place
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString((exported / "frozen.pb").read_bytes())
+    weights = [n.attr["value"].tensor.tensor_content for n in graph_def.node
+               if n.op == "Const" and len(n.attr["value"].tensor.tensor_content) > 1024]
+    assert weights and len(weights) == len(set(weights))  # both functions share one copy
 
 
 def test_frozen_graph_and_keras_model_give_the_same_masks(network, exported, clip):

@@ -116,7 +116,42 @@ def freeze(functions: dict[str, Any]) -> tuple[Any, dict[str, dict[str, dict[str
             "inputs": {t.name.split(":")[0]: f"{name}/{t.name}" for t in inputs},
             "outputs": {k: f"{name}/{t.name}" for k, t in outputs.items()},
         }
-    return graph.as_graph_def(), tensors
+    return dedupe_constants(graph.as_graph_def()), tensors
+
+
+def dedupe_constants(graph_def: Any) -> Any:
+    """Merge identical constants: every function of the graph was frozen on its own, so each
+    holds its own copy of the weights they share (the whole backbone, twice). Exact: only
+    constants with the same dtype, shape and bytes are merged."""
+    import hashlib
+
+    import tensorflow as tf
+
+    keep: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    nodes = []
+    for node in graph_def.node:
+        if node.op == "Const" and node.attr["value"].tensor.tensor_content:
+            tensor = node.attr["value"].tensor
+            key = (tensor.dtype, tuple(d.size for d in tensor.tensor_shape.dim),
+                   hashlib.sha1(tensor.tensor_content).hexdigest())
+            if key in keep:
+                rename[node.name] = keep[key]
+                continue
+            keep[key] = node.name
+        nodes.append(node)
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in nodes:
+        copy = out.node.add()
+        copy.CopyFrom(node)
+        for i, name in enumerate(copy.input):
+            control = name.startswith("^")
+            base, _, port = name.lstrip("^").partition(":")
+            if base in rename:
+                copy.input[i] = ("^" if control else "") + rename[base] + (f":{port}" if port else "")
+    return out
 
 
 def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool = False,
