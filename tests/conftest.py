@@ -81,3 +81,19 @@ def double(monkeypatch):
 
     monkeypatch.setattr("vostrack.registry.load_propagator", load)
     return propagator
+
+
+def fails(args, *needles) -> str:
+    """Run the CLI; it must fail with one line on stderr (no traceback) holding every needle."""
+    from click.testing import CliRunner
+
+    from vostrack.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code not in (0, None), result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # no traceback
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -30,6 +30,7 @@ from vostrack.network.tf1_checkpoint import (  # noqa: E402
     load_resnet_v2_checkpoint,
     official_variable_names,
 )
+from tests.conftest import fails  # noqa: E402
 
 # Keras' own save_weights on the TF backend calls np.array(tensor, copy=False): not ours.
 pytestmark = pytest.mark.filterwarnings(
@@ -169,18 +170,6 @@ def _close(actual, expected, rtol=1e-4):
 
 
 # ------------------------------------------------------------------------------------ tests
-def fails(args, *needles):
-    """Run the command; it must fail with one line on stderr holding every needle."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code not in (0, None), result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # no traceback
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def test_variable_names_follow_the_official_creation_order(reference):
     *_, reference_names = reference
     names = official_variable_names()

@@ -9,20 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.conftest import squares_clip, write_frame_folder, write_video
+from tests.conftest import fails, squares_clip, write_frame_folder, write_video
 from vostrack.cli import cli
 from vostrack.io.palette import write_label_png
-
-
-def fails(args, *needles):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code not in (0, None), result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # no traceback
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture
