@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import cv2
@@ -97,3 +102,26 @@ def fails(args, *needles) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def jax_env() -> dict[str, str]:
+    """Environment for a subprocess on the JAX backend (CPU), or skip the calling test when JAX
+    is neither installed nor in the folders of ``VOSTRACK_JAX_PATH`` (default /tmp/jaxpkgs, where
+    a dev set-up may install it with ``pip install --target``)."""
+    extra = os.environ.get("VOSTRACK_JAX_PATH", "/tmp/jaxpkgs")
+    if importlib.util.find_spec("jax") is not None:
+        extra = ""
+    elif not any((Path(p) / "jax" / "__init__.py").is_file() for p in extra.split(os.pathsep) if p):
+        pytest.skip("JAX is not installed (set VOSTRACK_JAX_PATH to a folder that has it)")
+    repo = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (extra, repo, os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                PYTHONPATH=path)
+
+
+def run_on_jax(script: str, workdir: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter on the JAX backend in ``workdir``; it must succeed."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=workdir,
+                            env=jax_env(), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -3,18 +3,13 @@ a TF graph with an unknown number of parts; parity with JAX."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
+from tests.conftest import run_on_jax
 from vostrack.network.aggregation import (
     combine_with_prior,
     paste_parts,
@@ -23,7 +18,6 @@ from vostrack.network.aggregation import (
 )
 from vostrack.network.roi import roi_align
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _np(x):
@@ -202,32 +196,6 @@ def test_tf_graph_with_unknown_number_of_parts():
 
 
 # --------------------------------------------------------------------------- JAX parity
-
-
-def jax_path() -> str | None:
-    """Where JAX can be imported from: this interpreter's packages, or the folders of
-    ``VOSTRACK_JAX_PATH`` (default /tmp/jaxpkgs, where the dev set-up installs it with
-    ``pip install --target``). None if neither has it."""
-    if importlib.util.find_spec("jax") is not None:
-        return ""
-    extra = os.environ.get("VOSTRACK_JAX_PATH", "/tmp/jaxpkgs")
-    if any((Path(p) / "jax" / "__init__.py").is_file() for p in extra.split(os.pathsep) if p):
-        return extra
-    return None
-
-
-def run_on_jax(script: str, workdir: Path, timeout: float = 120) -> None:
-    """Run ``script`` in a fresh interpreter with ``KERAS_BACKEND=jax`` in ``workdir``; skip
-    the calling test if JAX is not installed."""
-    extra = jax_path()
-    if extra is None:
-        pytest.skip("JAX is not installed (set VOSTRACK_JAX_PATH to a folder that has it)")
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, str(REPO),
-                                                    env.get("PYTHONPATH", "")) if p)
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=workdir,
-                            env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_jax_parity(tmp_path):

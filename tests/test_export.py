@@ -16,7 +16,8 @@ from vostrack.inference.propagator import MatchingPropagator
 from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
 from vostrack.network.config import MatchingConfig, ModelConfig, working_size
 from vostrack.network.vos import VosNetwork
-from vostrack.serving.export import export_model, load_manifest, tf_working_size
+from vostrack.registry import read_manifest
+from vostrack.serving.export import export_model, tf_working_size
 
 TINY = ModelConfig(name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3))
 
@@ -71,7 +72,7 @@ def run_video(propagator, frames, labels):
 
 
 def test_export_writes_a_complete_model_folder(exported):
-    manifest = load_manifest(exported)
+    manifest = read_manifest(exported)
     assert manifest["format"] == "vostrack-matching/1" and manifest["backbone"] == "efficientnet_lite2"
     assert ModelConfig.from_dict(manifest["config"]) == TINY
     for name in ("frozen.pb", "network.weights.h5", "saved_model/saved_model.pb"):
@@ -91,7 +92,7 @@ def test_export_writes_a_complete_model_folder(exported):
 
 def test_frozen_graph_and_keras_model_give_the_same_masks(network, exported, clip):
     frames, labels = clip
-    manifest = load_manifest(exported)
+    manifest = read_manifest(exported)
     frozen = MatchingPropagator(FrozenRuntime(exported / "frozen.pb", TINY, manifest["tensors"]))
     keras_masks = run_video(MatchingPropagator(KerasRuntime(network)), frames, labels)
     frozen_masks = run_video(frozen, frames, labels)
@@ -118,7 +119,7 @@ def test_saved_model_signatures_run(exported, clip):
 def test_frozen_graph_reloads_in_a_fresh_process(network, exported, clip):
     frame = clip[0][0]
     np.save(exported.parent / "frame.npy", frame)
-    names = json.dumps(load_manifest(exported)["tensors"]["encode_reference"])
+    names = json.dumps(read_manifest(exported)["tensors"]["encode_reference"])
     np.save(exported.parent / "probs.npy", np.ones(frame.shape[:2] + (2,), np.float32) / 2)
     script = textwrap.dedent(f"""
         import json, sys, numpy as np, tensorflow as tf

@@ -3,15 +3,13 @@ the procedural source, and running as a Keras PyDataset (threads here, JAX in a 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import run_on_jax
 from vostrack.data.clips import VOID, AugmentConfig, Clip
 from vostrack.data.loader import (
     ClipLoader,
@@ -24,7 +22,6 @@ from vostrack.data.loader import (
 from vostrack.errors import VostrackError
 
 SIZE = (48, 64)
-JAX_PATH = os.environ.get("VOSTRACK_TEST_JAX_PATH", "/tmp/jaxpkgs")
 
 
 class Squares:
@@ -211,12 +208,5 @@ _JAX_SCRIPT = textwrap.dedent("""
 
 
 def test_pydataset_under_the_jax_backend_in_worker_processes():
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([JAX_PATH, str(Path(__file__).resolve().parents[1])]))
-    probe = subprocess.run([sys.executable, "-c", "import jax"], env=env, capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"jax is not importable (looked in {JAX_PATH}, "
-                    "set VOSTRACK_TEST_JAX_PATH)")
-    run = subprocess.run([sys.executable, "-c", _JAX_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert run.returncode == 0 and "JAX-OK" in run.stdout, run.stderr[-3000:]
+    run = run_on_jax(_JAX_SCRIPT, Path.cwd())
+    assert "JAX-OK" in run.stdout, run.stderr[-3000:]

@@ -4,19 +4,14 @@ two-optimizer backbone recipe, and parity under the JAX backend."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
 
+from tests.conftest import run_on_jax
 from vostrack.network.parts import (
     encode_offsets,
     pixel_to_response,
@@ -39,7 +34,6 @@ from vostrack.training.schedule import (
     split_variables,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 T, X = 6, 18
 R = X - T + 1
 
@@ -495,15 +489,6 @@ def test_clip_by_global_norm():
 # --------------------------------------------------------------------------- JAX parity
 
 
-def _jax_path() -> str | None:
-    if importlib.util.find_spec("jax") is not None:
-        return ""
-    extra = os.environ.get("VOSTRACK_JAX_PATH", "/tmp/jaxpkgs")
-    if any((Path(p) / "jax" / "__init__.py").is_file() for p in extra.split(os.pathsep) if p):
-        return extra
-    return None
-
-
 _JAX_SCRIPT = """
 import jax
 import keras
@@ -538,9 +523,6 @@ np.savez("outputs.npz", **{k: np.asarray(v) for k, v in out.items()})
 
 
 def test_losses_agree_under_the_jax_backend(tmp_path):
-    extra = _jax_path()
-    if extra is None:
-        pytest.skip("JAX is not installed (set VOSTRACK_JAX_PATH to a folder that has it)")
     rng = np.random.default_rng(6)
     windows, target, previous = _tracking_case()
     case = {
@@ -559,12 +541,7 @@ def test_losses_agree_under_the_jax_backend(tmp_path):
     }
     case["part_logits"][1] = np.nan
     np.savez(tmp_path / "inputs.npz", **case)
-    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (extra, str(REPO), env.get("PYTHONPATH", ""))
-                                        if p)
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(_JAX_SCRIPT)], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_on_jax(_JAX_SCRIPT, tmp_path)
     jax_out = np.load(tmp_path / "outputs.npz")
 
     ratio = ops.convert_to_tensor(np.float32(0.25))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from tests.test_aggregation import run_on_jax
+from tests.conftest import run_on_jax
 from vostrack.network.mask_head import (
     INPUT_KEYS,
     PartMaskHead,

@@ -11,7 +11,8 @@ from vostrack.inference.propagator import PartsPropagator
 from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
 from vostrack.network.config import ModelConfig, PartsModelConfig
 from vostrack.network.vos import VosNetwork, load_network
-from vostrack.serving.export import export_model, load_manifest
+from vostrack.registry import read_manifest
+from vostrack.serving.export import export_model
 
 CONFIG = ModelConfig(name="tiny-parts", working_short_side=96,
                      parts=PartsModelConfig(max_parts=3, min_part_area=256))
@@ -63,7 +64,7 @@ def test_part_rows_and_state(network, clip):
 def test_frozen_graph_agrees_with_keras(network, clip, tmp_path):
     frames, labels = clip
     exported = export_model(network, tmp_path / "parts", "parts", saved_model=False)
-    manifest = load_manifest(exported)
+    manifest = read_manifest(exported)
     assert {"templates", "part_boxes", "prev_probs"} <= set(manifest["tensors"]["step"]["inputs"])
     keras_masks, keras_states, _ = run(PartsPropagator(KerasRuntime(network)), frames, labels)
     frozen = PartsPropagator(FrozenRuntime(exported / "frozen.pb", CONFIG, manifest["tensors"]))

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
+from tests.conftest import jax_env
 from vostrack.cli import cli
 from vostrack.network.config import ModelConfig, PartsModelConfig
 from vostrack.training.trainer import Trainer, TrainConfig, open_run
@@ -24,7 +22,6 @@ TINY = TrainConfig(
                       parts=PartsModelConfig(max_parts=2, min_part_area=128)),
     size=64, batch_size=1, max_objects=1, steps=4, checkpoint_every=2, log_every=1,
     freeze_steps=100, warmup_steps=1, peak_lr=1e-3)
-JAX_PATH = os.environ.get("VOSTRACK_JAX_PATH", "/tmp/jaxpkgs")
 
 
 def weights(trainer: Trainer) -> list[np.ndarray]:
@@ -68,15 +65,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_the_jax_backend_runs_training_steps(tmp_path):
-    if not (Path(JAX_PATH) / "jax").is_dir():
-        try:
-            import jax  # noqa: F401
-        except ImportError:
-            pytest.skip("jax is not installed (set VOSTRACK_JAX_PATH to a folder holding it)")
+    env = jax_env()
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**TINY.to_dict(), "steps": 2, "freeze_steps": 1}))
-    env = {**os.environ, "KERAS_BACKEND": "jax",
-           "PYTHONPATH": os.pathsep.join([JAX_PATH, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-m", "vostrack", "train", "--config", str(config),
                            "--out", str(tmp_path / "run"), "-q"], capture_output=True, text=True,
                           env=env, timeout=900)

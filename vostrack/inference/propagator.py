@@ -7,6 +7,7 @@ values: which channel is which object, and the bounded memory of encoded frames.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -48,6 +49,11 @@ class MatchingReference:
     object_ids: tuple[int, ...]  # channel c (1-based) holds object object_ids[c - 1]
     frames: tuple[MemoryFrame, ...]  # annotated frames, searched over the whole frame
     last_frame: np.ndarray  # the last annotated image: initial_state reuses its encoding
+
+    @functools.cached_property
+    def memory(self) -> dict[str, np.ndarray]:
+        """The annotated frames as ``step`` reads them: stacked once, not on every frame."""
+        return stack_memory("reference", self.frames)
 
 
 @dataclass(frozen=True)
@@ -105,14 +111,15 @@ def one_hot(labels: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
     return (labels[..., None] == np.array((0,) + ids, np.uint8)).astype(np.float32)
 
 
+def stack_memory(group: str, frames: tuple[MemoryFrame, ...]) -> dict[str, np.ndarray]:
+    return {f"{group}_keys": np.stack([m.key for m in frames]),
+            f"{group}_probs": np.stack([m.probs for m in frames]),
+            f"{group}_valid": np.ones(len(frames), bool)}
+
+
 def memory_inputs(reference: MatchingReference, state: MatchingState) -> dict[str, np.ndarray]:
     """The memory inputs of ``step`` (see vostrack.network.config.MEMORY_INPUTS)."""
-    inputs = {}
-    for group, frames in (("reference", reference.frames), ("recent", state.recent)):
-        inputs[f"{group}_keys"] = np.stack([m.key for m in frames])
-        inputs[f"{group}_probs"] = np.stack([m.probs for m in frames])
-        inputs[f"{group}_valid"] = np.ones(len(frames), bool)
-    return inputs
+    return {**reference.memory, **stack_memory("recent", state.recent)}
 
 
 # ------------------------------------------------------------------------------- part path

@@ -22,7 +22,7 @@ from keras import ops
 from vostrack.network.aggregation import (combine_with_prior, paste_parts, soft_aggregate,
                                           soft_aggregate_logits)
 from vostrack.network.backbones import get_backbone_builder
-from vostrack.network.config import MEMORY_INPUTS, ModelConfig
+from vostrack.network.config import ModelConfig
 from vostrack.network.fpn import FeaturePyramid
 from vostrack.network.mask_head import PartMaskHead, crop_part_inputs, crop_reference, mask_windows
 from vostrack.network.matching import l2_normalize, propagate_labels

@@ -12,7 +12,6 @@ anonymous Identity_N).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -210,11 +209,3 @@ def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool =
         raise
     log.info("exported %s to %s", name, out_dir)
     return out_dir
-
-
-def read_model_config(manifest: dict) -> ModelConfig:
-    return ModelConfig.from_dict(manifest["config"])
-
-
-def load_manifest(model_dir: Path) -> dict:
-    return json.loads((Path(model_dir) / "manifest.json").read_text(encoding="utf-8"))
