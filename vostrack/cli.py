@@ -230,10 +230,18 @@ def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime:
 @click.option("--val", type=click.Path(path_type=Path),
               help="A DAVIS tree scored every val_every steps; the best checkpoint is kept.")
 @click.option("--exclude", multiple=True, help="Sequence names never to train on.")
+@click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16"]),
+              help="mixed_bfloat16: backbone and FPN in bfloat16, heads in float32 (GPU).")
+@click.option("--devices", type=click.IntRange(min=0),
+              help="Data-parallel devices: 0 every GPU (default), N the first N.")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Processes making batches ahead of the step (also with --resume: the "
+                   "batches do not depend on it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: bool,
           steps: int | None, batch_size: int | None, size: int | None, backbone: str | None,
-          init: Path | None, val: Path | None, exclude: Sequence[str], quiet: bool) -> None:
+          init: Path | None, val: Path | None, exclude: Sequence[str], precision: str | None,
+          devices: int | None, workers: int | None, quiet: bool) -> None:
     """Train the network (on a GPU: KERAS_BACKEND=jax; see tools/train_on_device.sh)."""
     import dataclasses
 
@@ -246,7 +254,8 @@ def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: 
             values = _read_config(config_path)
         config = TrainConfig.from_dict(values)
         overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size),
-                                       ("size", size)) if v is not None}
+                                       ("size", size), ("precision", precision),
+                                       ("devices", devices)) if v is not None}
         if data:
             overrides["data"] = tuple(DataSpec(str(d)) for d in data)
         if init is not None:
@@ -263,10 +272,11 @@ def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: 
         for spec in config.data:
             if spec.path != "procedural" and not Path(spec.path).exists():
                 raise VostrackError(f"--data {spec.path}: not found")
-    elif any(v is not None for v in (config_path, steps, batch_size, size, backbone, init, val)) \
-            or data or exclude:
-        raise VostrackError("--resume continues the run as it was configured; give only --out")
-    trainer = open_run(run_dir, config, resume)
+    elif any(v is not None for v in (config_path, steps, batch_size, size, backbone, init, val,
+                                     precision)) or data or exclude:
+        raise VostrackError("--resume continues the run as it was configured; give only --out "
+                            "(and --workers or --devices)")
+    trainer = open_run(run_dir, config, resume, workers=workers, devices=devices)
     metrics = trainer.train(progress=not quiet)
     click.echo(f"step {trainer.step}: loss {metrics.get('loss', float('nan')):.4f} -> "
                f"{run_dir / 'checkpoints' / 'latest'}")

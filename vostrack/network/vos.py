@@ -78,8 +78,9 @@ class VosNetwork(keras.Model):
             self.fpn = FeaturePyramid(channels=p.fpn_channels, name="fpn")
             self.tracker = PartTracker(stride=self.stride, template_size=p.template_size,
                                        search_size=p.search_size, use_offsets=False,
-                                       name="tracker")
-            self.mask_head = PartMaskHead(channels=p.head_channels, name="mask_head")
+                                       name="tracker", dtype="float32")
+            self.mask_head = PartMaskHead(channels=p.head_channels, name="mask_head",
+                                          dtype="float32")
             self._build_part_path()
         self.built = True  # every layer above is built: weights can be saved and loaded
 
@@ -121,9 +122,12 @@ class VosNetwork(keras.Model):
         """uint8 frame -> ``{"key": (h, w, C) L2-normalised matching key}``, plus the FPN's
         ``P2..P5`` (1, H/s, W/s, C) when the part path is on."""
         levels = self.encoder(self.prepare_frame(frame, work_hw, pad_hw))
-        out = {"key": l2_normalize(levels[self.config.matching.level][0])}
+        # Under a mixed policy the backbone and FPN compute in bfloat16; matching, the heads
+        # and the losses take float32 (a no-op cast otherwise).
+        out = {"key": l2_normalize(ops.cast(levels[self.config.matching.level][0], "float32"))}
         if self.config.parts:
-            out.update(self.fpn({k: levels[k] for k in ("C2", "C3", "C4", "C5")}))
+            pyramid = self.fpn({k: levels[k] for k in ("C2", "C3", "C4", "C5")})
+            out.update({k: ops.cast(v, "float32") for k, v in pyramid.items()})
         return out
 
     def encode_frame(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> Any:

@@ -18,6 +18,7 @@ before it, so a resumed run ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,10 +27,11 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
+from vostrack.data.prefetch import Prefetcher
 from vostrack.errors import VostrackError
 from vostrack.io.atomic import atomic_path, write_json
 from vostrack.network.config import ModelConfig, PartsModelConfig
@@ -37,6 +39,22 @@ from vostrack.network.config import ModelConfig, PartsModelConfig
 log = logging.getLogger(__name__)
 
 SHARD_BYTES = 15 * 2**20
+# bfloat16 keeps float32's exponent range, so it needs no loss scaling (float16 would: a
+# LossScaleOptimizer around both optimizers); every GPU this trains on (Ampere, Hopper) has it.
+PRECISIONS = ("float32", "mixed_bfloat16")
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Layers built in here take Keras's ``name`` policy; the heads pin float32 themselves."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @dataclass(frozen=True)
@@ -71,7 +89,9 @@ class TrainConfig:
     loss_part: float = 0.5
     loss_track: float = 0.5
     seed: int = 0
-    workers: int = 0
+    workers: int = 0  # processes making batches ahead of the step (0: in the loop)
+    devices: int = 0  # data-parallel devices: 0 = every GPU (or one CPU), N = the first N
+    precision: str = "float32"  # or "mixed_bfloat16": backbone + FPN in bfloat16 (GPU)
     val: str | None = None  # a DAVIS tree scored every val_every steps (never train on it)
     val_every: int = 1000
     val_sequences: tuple[str, ...] = ()
@@ -91,6 +111,9 @@ class TrainConfig:
             (0 < self.floor_lr <= self.peak_lr, "need 0 < floor_lr <= peak_lr"),
             (self.bootstrap[0] <= self.bootstrap[1], "bootstrap: start must not exceed end"),
             (bool(self.data), "no training data"),
+            (self.workers >= 0 and self.devices >= 0, "workers and devices must be >= 0"),
+            (self.precision in PRECISIONS,
+             f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -147,18 +170,41 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_dir() else None
 
 
+@dataclass
+class StepBatches:
+    """The batch of a training step, without the loader's bookkeeping (picklable for workers)."""
+
+    loader: Any
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.loader.batch_at_step(step).items() if k != "source"}
+
+
 class Trainer:
     """Owns the network, the two optimizers, the data and the run folder."""
 
     def __init__(self, config: TrainConfig, run_dir: str | Path):
         import keras
 
-        from vostrack.network.vos import VosNetwork
-        from vostrack.training.schedule import BackboneSchedule, WarmupCosine
+        from vostrack.training.distribute import Replicas
 
         self.config = config
         self.run_dir = Path(run_dir)
         keras.utils.set_random_seed(config.seed)
+        self.replicas = Replicas(config.devices, config.batch_size)
+        with self.replicas.scope(), dtype_policy(config.precision):
+            self._build(config)
+        self.loader = self._make_loader()
+        self.step = 0
+        self.best = -1.0
+        self._steps: dict[bool, Any] = {}
+
+    def _build(self, config: TrainConfig) -> None:
+        import keras
+
+        from vostrack.network.vos import VosNetwork
+        from vostrack.training.schedule import BackboneSchedule, WarmupCosine
+
         self.network = VosNetwork(config.model, weights=None if config.init else "imagenet")
         if config.init:
             self._load_init(Path(config.init))
@@ -175,10 +221,6 @@ class Trainer:
             weight_decay=config.weight_decay)
         self.heads_opt.build(self.head_vars)
         self.backbone_opt.build(self.backbone_vars)
-        self.loader = self._make_loader()
-        self.step = 0
-        self.best = -1.0
-        self._steps: dict[bool, Any] = {}
 
     # -------------------------------------------------------------------------- data
     def _make_loader(self) -> Any:
@@ -225,19 +267,32 @@ class Trainer:
         variables = self.head_vars + ([] if frozen else self.backbone_vars)
         heads = len(self.head_vars)
 
-        @tf.function(reduce_retracing=True)
-        def step(batch, bootstrap):
+        replicas = self.replicas.count
+
+        def replica_step(batch, bootstrap):
             with tf.GradientTape() as tape:
                 loss, parts = self._loss(batch, bootstrap)
             grads = tape.gradient(loss, variables)
             grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+            if replicas > 1:
+                # Clip the mean gradient of the whole batch, as one device would; Keras's
+                # optimizer then sums what each replica applies, hence the 1/replicas.
+                context = tf.distribute.get_replica_context()
+                grads, loss, parts = context.all_reduce("MEAN", (grads, loss, parts))
             grads, norm = clip_by_global_norm(grads, self.config.clip_norm)
+            if replicas > 1:
+                grads = [g / replicas for g in grads]
             self.heads_opt.apply(grads[:heads], self.head_vars)
             if not frozen:
                 self.backbone_opt.apply(grads[heads:], self.backbone_vars)
             return loss, parts, norm
 
-        return lambda batch, bootstrap: step(batch, tf.constant(bootstrap, tf.float32))
+        @tf.function(reduce_retracing=True)
+        def step(batch, bootstrap):
+            return self.replicas.run_tf(replica_step, batch, bootstrap)
+
+        return lambda batch, bootstrap: step(self.replicas.place(batch),
+                                             tf.constant(bootstrap, tf.float32))
 
     def _jax_step(self, frozen: bool) -> Any:
         import jax
@@ -277,7 +332,7 @@ class Trainer:
             state = ([v.value for v in heads], [v.value for v in backbone],
                      [v.value for v in others], [v.value for v in self.heads_opt.variables],
                      [v.value for v in self.backbone_opt.variables])
-            state, loss, parts, norm = step(state, batch, bootstrap)
+            state, loss, parts, norm = step(state, self.replicas.place(batch), bootstrap)
             for group, values in zip((heads, backbone, others, self.heads_opt.variables,
                                       self.backbone_opt.variables), state):
                 for variable, value in zip(group, values):
@@ -299,10 +354,10 @@ class Trainer:
         bar = tqdm(total=end, initial=self.step, unit="step", disable=not progress,
                    dynamic_ncols=True)
         started, first = time.perf_counter(), self.step
+        batches = Prefetcher(StepBatches(self.loader), self.step, end, workers=c.workers)
         try:
-            while self.step < end:
-                batch = self.loader.batch_at_step(self.step)
-                batch = {k: v for k, v in batch.items() if k != "source"}
+            for step, batch in batches:
+                assert step == self.step
                 ratio = bootstrap_ratio(self.step, *c.bootstrap)
                 loss, parts, norm = self._compiled_step(frozen_backbone(self.step, c.freeze_steps))(
                     batch, ratio)
@@ -320,6 +375,7 @@ class Trainer:
                 if self.step % c.checkpoint_every == 0 or self.step == end:
                     self.save()
         finally:
+            batches.close()
             bar.close()
         return last
 
@@ -430,15 +486,25 @@ def _truncate_metrics(path: Path, step: int) -> None:
             tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
 
 
-def open_run(run_dir: Path, config: TrainConfig | None, resume: bool) -> Trainer:
-    """A new run in ``run_dir`` (refused if one is there) or the resumed one."""
+def open_run(run_dir: Path, config: TrainConfig | None, resume: bool,
+             workers: int | None = None, devices: int | None = None) -> Trainer:
+    """A new run in ``run_dir`` (refused if one is there) or the resumed one.
+
+    ``workers`` and ``devices`` override the saved config of a resumed run: the batch of a step
+    depends on neither (a run may resume on another machine).
+    """
     run_dir = Path(run_dir)
     saved = run_dir / "config.json"
+    if workers is not None and config is not None:
+        config = dataclasses.replace(config, workers=workers)
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         if not saved.is_file() or checkpoint is None:
             raise VostrackError(f"nothing to resume in {run_dir}: no checkpoint")
-        trainer = Trainer(TrainConfig.from_dict(json.loads(saved.read_text())), run_dir)
+        config = TrainConfig.from_dict(json.loads(saved.read_text()))
+        config = dataclasses.replace(config, **{k: v for k, v in (
+            ("workers", workers), ("devices", devices)) if v is not None})
+        trainer = Trainer(config, run_dir)
         trainer.restore(checkpoint)
         _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
         log.info("resumed %s at step %d", run_dir, trainer.step)
