@@ -52,8 +52,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     # as if killed during step 4: step 3 was logged, the last checkpoint is step 2
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_0000003")
     (tmp_path / "b" / "checkpoints" / "latest").write_text("step_0000002\n")
-    resumed = open_run(tmp_path / "b", None, resume=True)
-    assert resumed.step == 2
+    # resumed with batches made by a worker process: the same batches, so the same weights
+    resumed = open_run(tmp_path / "b", None, resume=True, workers=1)
+    assert resumed.step == 2 and resumed.config.workers == 1
     resumed.train(progress=False)
     for a, b in zip(weights(straight), weights(resumed)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -68,12 +69,21 @@ def test_the_jax_backend_runs_training_steps(tmp_path):
     env = jax_env()
     config = tmp_path / "config.json"
     config.write_text(json.dumps({**TINY.to_dict(), "steps": 2, "freeze_steps": 1}))
+    # the GPU recipe's precision: backbone + FPN in bfloat16, heads and weights in float32
     proc = subprocess.run([sys.executable, "-m", "vostrack", "train", "--config", str(config),
-                           "--out", str(tmp_path / "run"), "-q"], capture_output=True, text=True,
-                          env=env, timeout=900)
+                           "--precision", "mixed_bfloat16", "--out", str(tmp_path / "run"), "-q"],
+                          capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     assert [m["step"] for m in metrics] == [1, 2] and all(np.isfinite(m["loss"]) for m in metrics)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["precision"] == "mixed_bfloat16"
+    shards = sorted((tmp_path / "run" / "checkpoints" / "step_0000002").glob("network-*.npz"))
+    for shard in shards:
+        with np.load(shard) as arrays:
+            assert all(arrays[k].dtype == np.float32 or arrays[k].dtype.kind in "iub"
+                       for k in arrays.files)
+    assert shards
 
 
 def test_train_command_validation_resume_and_export(tmp_path):

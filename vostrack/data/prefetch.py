@@ -3,9 +3,9 @@
 A batch is a pure function of its step (:meth:`ClipLoader.batch_at_step`), so workers can make
 steps ``s+1 .. s+depth`` while the accelerator runs step ``s`` and the run stays identical to a
 single-process one, resumed or not. Workers are *spawned*, not forked: the parent holds
-TensorFlow's or JAX's threads, which a fork would copy in an undefined state. The batch function
-travels as pickled bytes and is unpickled only after the worker has chosen Keras's numpy backend,
-so a worker imports neither TensorFlow nor JAX (a few hundred MiB and seconds each otherwise).
+TensorFlow's or JAX's threads, which a fork would copy in an undefined state. What they run
+(vostrack/data/batches.py) is numpy and OpenCV only, so a spawned worker imports neither Keras
+nor a framework (a few hundred MiB and seconds each otherwise).
 
 Keras's own ``PyDataset(workers=...)`` queue lives inside ``model.fit``'s private adapter; the
 trainer runs its own step, hence this small pool around ``concurrent.futures``.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing
-import os
 import pickle
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterator
@@ -28,7 +27,6 @@ _make_batch: Callable[[int], Any] | None = None
 
 def _start_worker(blob: bytes) -> None:
     global _make_batch
-    os.environ["KERAS_BACKEND"] = "numpy"
     # One worker per core already; OpenCV's own thread pool would oversubscribe them.
     import cv2
 

@@ -224,8 +224,9 @@ class Trainer:
 
     # -------------------------------------------------------------------------- data
     def _make_loader(self) -> Any:
+        from vostrack.data.batches import (ClipBatches, LoaderConfig, MixedSource,
+                                           source_from_path)
         from vostrack.data.clips import GapSchedule
-        from vostrack.data.loader import ClipLoader, LoaderConfig, MixedSource, source_from_path
         from vostrack.network.parts import PartsConfig
 
         c = self.config
@@ -233,12 +234,12 @@ class Trainer:
         sources = [(source_from_path(d.path, size=(c.size, c.size), num_frames=c.num_frames,
                                      max_gap=gaps, exclude=c.exclude), d.weight) for d in c.data]
         parts = c.model.parts or PartsModelConfig()
-        return ClipLoader(MixedSource(sources) if len(sources) > 1 else sources[0][0],
-                          LoaderConfig(batch_size=c.batch_size, steps_per_epoch=None,
-                                       max_objects=c.max_objects, max_parts=parts.max_parts,
-                                       seed=c.seed, parts=PartsConfig(
-                                           max_parts=parts.max_parts,
-                                           min_part_area=parts.min_part_area)))
+        return ClipBatches(MixedSource(sources) if len(sources) > 1 else sources[0][0],
+                           LoaderConfig(batch_size=c.batch_size, steps_per_epoch=None,
+                                        max_objects=c.max_objects, max_parts=parts.max_parts,
+                                        seed=c.seed, parts=PartsConfig(
+                                            max_parts=parts.max_parts,
+                                            min_part_area=parts.min_part_area)))
 
     # ---------------------------------------------------------------------- gradient step
     def _loss(self, batch: dict, bootstrap: Any) -> tuple[Any, dict]:
