@@ -15,9 +15,9 @@ from vostrack.data.procedural import SceneConfig, make_clip
 from vostrack.inference.propagator import MatchingPropagator
 from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
 from vostrack.network.config import MatchingConfig, ModelConfig, working_size
-from vostrack.network.vos import VosNetwork
+from vostrack.network.vos import VosNetwork, load_network
 from vostrack.registry import read_manifest
-from vostrack.serving.export import export_model, tf_working_size
+from vostrack.serving.export import export_model, tf_working_size, to_half
 
 TINY = ModelConfig(name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3))
 
@@ -30,6 +30,12 @@ def network():
 @pytest.fixture(scope="module")
 def exported(network, tmp_path_factory):
     return export_model(network, tmp_path_factory.mktemp("models") / "tiny", "tiny")
+
+
+@pytest.fixture(scope="module")
+def reloaded(exported):
+    """The network as the model folder holds it (float16-rounded weights)."""
+    return load_network(exported, TINY, read_manifest(exported)["files"]["keras_weights"])
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +113,61 @@ def test_frozen_graph_and_keras_model_give_the_same_masks(network, exported, cli
         assert np.mean(ious) > 0.6, (k, ious)
 
 
-def test_saved_model_signatures_run(exported, clip):
+def test_saved_model_signatures_run(exported, reloaded, clip):
     loaded = tf.saved_model.load(str(exported / "saved_model"))
+    assert set(loaded.signatures) == {"encode_reference", "step"}
     probs = np.ones(clip[0][0].shape[:2] + (1,), np.float32)
     key = loaded.signatures["encode_reference"](frame=tf.constant(clip[0][0]),
                                                 probs=tf.constant(probs))["key"].numpy()
     assert key.shape == (6, 10, 120)  # 96x160 working size, stride 16
     np.testing.assert_allclose(np.linalg.norm(key, axis=-1), 1.0, atol=1e-4)
+    expected = KerasRuntime(reloaded).run("encode_reference",
+                                          {"frame": clip[0][0], "probs": probs})["key"]
+    np.testing.assert_allclose(key, expected, atol=1e-4)
+    # One stored copy of the weights, in float16: the graph holds no weight constants.
+    variables = tf.train.list_variables(str(exported / "saved_model" / "variables" / "variables"))
+    assert sum(np.prod(shape) for _, shape in variables) > 1e6
+    assert (exported / "saved_model" / "saved_model.pb").stat().st_size < 2e6
 
 
-def test_frozen_graph_reloads_in_a_fresh_process(network, exported, clip):
+def test_weights_are_stored_in_float16_and_computed_in_float32(network, exported, reloaded,
+                                                                tmp_path):
+    import h5py
+
+    full = export_model(network, tmp_path / "full", "full", weights_dtype="float32")
+    assert read_manifest(exported)["weights_dtype"] == "float16"
+    with h5py.File(exported / "network.weights.h5") as half_file:
+        dtypes = []
+        half_file.visititems(lambda _, item: dtypes.append(item.dtype)
+                             if isinstance(item, h5py.Dataset) else None)
+    assert np.dtype("float16") in dtypes and np.dtype("float32") in dtypes  # biases stay
+    assert all(v.dtype == "float32" for v in reloaded.weights)
+    for name in ("frozen.pb", "network.weights.h5", "saved_model/variables/variables.data-00000-of-00001"):
+        ratio = (exported / name).stat().st_size / (full / name).stat().st_size
+        assert 0.45 < ratio < 0.6, (name, ratio)
+    # Rounding to float16 moves the unit-norm keys by about 1e-3; a float32 export not at all.
+    frame = np.random.default_rng(0).integers(0, 255, (96, 160, 3), dtype=np.uint8)
+    inputs = {"frame": frame, "probs": np.ones((96, 160, 2), np.float32) / 2}
+    exact = KerasRuntime(network).run("encode_reference", inputs)["key"]
+    for folder, low, high in ((exported, 1e-4, 1e-2), (full, 0, 1e-5)):
+        manifest = read_manifest(folder)
+        key = FrozenRuntime(folder / "frozen.pb", TINY, manifest["tensors"]).run(
+            "encode_reference", inputs)["key"]
+        assert low <= np.abs(key - exact).max() <= high, folder
+
+
+def test_float16_is_used_only_where_it_keeps_the_values():
+    rng = np.random.default_rng(0)
+    weights = rng.normal(0, 0.05, (3, 3, 32, 64)).astype(np.float32)
+    assert to_half(weights).dtype == np.float16
+    assert to_half(weights[:2, :2, :4, :4]) is None  # too small to matter
+    assert to_half(np.full(1000, 1e5, np.float32)) is None  # overflows float16
+    # Values this small are float16 subnormals, rounded by several % of their size.
+    assert to_half(weights * 1e-4) is None
+    assert to_half(weights.astype(np.float64)) is None  # only float32 weights are rounded
+
+
+def test_frozen_graph_reloads_in_a_fresh_process(reloaded, exported, clip):
     frame = clip[0][0]
     np.save(exported.parent / "frame.npy", frame)
     names = json.dumps(read_manifest(exported)["tensors"]["encode_reference"])
@@ -144,7 +195,7 @@ def test_frozen_graph_reloads_in_a_fresh_process(network, exported, clip):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     session_key, wrapped_key = np.load(exported.parent / "keys.npy")
-    expected = KerasRuntime(network).run(
+    expected = KerasRuntime(reloaded).run(
         "encode_reference", {"frame": frame, "probs": np.load(exported.parent / "probs.npy")})["key"]
     np.testing.assert_allclose(session_key, expected, atol=1e-4)
     np.testing.assert_allclose(wrapped_key, expected, atol=1e-4)

@@ -367,9 +367,13 @@ def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_p
               help="The model folder to write (frozen.pb, saved_model/, weights, manifest.json).")
 @click.option("--name", help="Model name recorded in the manifest (default: the folder's name).")
 @click.option("--no-saved-model", is_flag=True, help="Skip the SavedModel (smaller folder).")
+@click.option("--weights-dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True,
+              help="How the weights are stored (they are computed in float32 either way).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
-           output_dir: Path, name: str | None, no_saved_model: bool, overwrite: bool) -> None:
+           output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
+           overwrite: bool) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
     import json
 
@@ -399,7 +403,7 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
         network = load_network(model_dir, ModelConfig.from_dict(manifest["config"]),
                                manifest["files"]["keras_weights"])
     export_model(network, output_dir, name or output_dir.name, overwrite=overwrite,
-                 saved_model=not no_saved_model)
+                 saved_model=not no_saved_model, weights_dtype=weights_dtype)
     click.echo(f"exported {output_dir}")
 
 

@@ -8,6 +8,13 @@ inside it. Its functions live under name scopes of one GraphDef (see VosNetwork 
   index int32 (H, W), grid, key
 Every input and output tensor name is recorded in the manifest (frozen outputs are otherwise
 anonymous Identity_N).
+
+Weights are stored as float16 by default (``weights_dtype``) and computed in float32: in the
+frozen graph each weight constant is a float16 constant cast back to float32 (TF folds the
+cast when the graph loads), the SavedModel holds float16 variables read through the same graph,
+and the Keras weights file holds float16 arrays that ``load_weights`` casts into the float32
+variables. It halves the model folder; all three carry the same rounded weights, so they agree
+with each other exactly as a float32 export does.
 """
 
 from __future__ import annotations
@@ -29,6 +36,12 @@ FORMAT = "vostrack-matching/1"
 FROZEN_GRAPH = "frozen.pb"
 SAVED_MODEL = "saved_model"
 KERAS_WEIGHTS = "network.weights.h5"
+WEIGHT_DTYPES = ("float16", "float32")
+# Constants of fewer elements (biases, shapes, scalars) stay float32: they weigh nothing.
+HALF_MIN_ELEMENTS = 256
+# A tensor that float16 would round by more than this (relative to its largest value), or
+# whose values overflow float16, stays float32.
+HALF_MAX_ERROR = 1e-3
 
 
 def tf_working_size(height: Any, width: Any, config: ModelConfig) -> tuple[tuple, tuple]:
@@ -153,16 +166,125 @@ def dedupe_constants(graph_def: Any) -> Any:
     return out
 
 
+def to_half(array: Any) -> Any:
+    """``array`` as float16 if that keeps it within HALF_MAX_ERROR, else None."""
+    import numpy as np
+
+    if array.dtype != np.float32 or array.size < HALF_MIN_ELEMENTS:
+        return None
+    scale = float(np.abs(array).max())
+    if not np.isfinite(scale) or scale > float(np.finfo(np.float16).max):
+        return None
+    half = array.astype(np.float16)
+    error = float(np.abs(half.astype(np.float32) - array).max())
+    return half if error <= HALF_MAX_ERROR * max(scale, 1e-30) else None
+
+
+def half_constants(graph_def: Any) -> Any:
+    """The GraphDef with each float32 weight constant stored as float16 and cast back to
+    float32 under its own name (so every consumer and every recorded tensor name stays)."""
+    import tensorflow as tf
+
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    for node in graph_def.node:
+        half = None
+        if node.op == "Const" and node.attr["value"].tensor.tensor_content:
+            half = to_half(tf.make_ndarray(node.attr["value"].tensor))
+        if half is None:
+            out.node.add().CopyFrom(node)
+            continue
+        const = out.node.add()
+        const.name, const.op = f"{node.name}/float16", "Const"
+        const.attr["dtype"].type = tf.float16.as_datatype_enum
+        const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(half))
+        cast = out.node.add()
+        cast.name, cast.op = node.name, "Cast"
+        cast.input.append(const.name)
+        cast.attr["SrcT"].type = tf.float16.as_datatype_enum
+        cast.attr["DstT"].type = tf.float32.as_datatype_enum
+        cast.attr["Truncate"].b = False
+    return out
+
+
+def half_weights_file(path: Path) -> None:
+    """Rewrite a Keras ``.weights.h5`` with its float32 arrays as float16 (see to_half)."""
+    import h5py
+
+    def copy(src: Any, dst: Any) -> None:
+        dst.attrs.update(src.attrs)
+        for key, item in src.items():
+            if isinstance(item, h5py.Group):
+                copy(item, dst.create_group(key))
+                continue
+            data = item[()]
+            half = to_half(data) if hasattr(data, "dtype") else None
+            dst.create_dataset(key, data=data if half is None else half).attrs.update(item.attrs)
+
+    tmp = path.with_name(f".{path.name}.half")
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w") as dst:
+        copy(src, dst)
+    tmp.replace(path)
+
+
+def _calling(pruned: Any, like: Any) -> Any:
+    """A function with the parameters of ``like`` that calls ``pruned`` on its flat inputs."""
+    import inspect
+
+    import tensorflow as tf
+
+    def run(*args: Any) -> dict:
+        return pruned(*tf.nest.flatten(args))
+
+    run.__signature__ = inspect.signature(like)
+    return run
+
+
+def saved_model_from_graph(graph_def: Any, tensors: dict, functions: dict[str, Any],
+                           path: Path) -> None:
+    """A SavedModel whose signatures run the (frozen) graph, with its weight constants turned
+    back into variables: the functions share one stored copy of each weight (in its stored
+    dtype), and the signatures are those of the serving functions."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    weights = {}
+    for node in graph_def.node:
+        if node.op == "Const" and len(node.attr["value"].tensor.tensor_content) >= 4 * HALF_MIN_ELEMENTS:
+            weights[node.name] = tf.Variable(tf.make_ndarray(node.attr["value"].tensor),
+                                             trainable=False)
+    module.weights = list(weights.values())
+
+    def import_graph() -> None:
+        tf.compat.v1.import_graph_def(
+            graph_def, name="", input_map={f"{k}:0": v.read_value() for k, v in weights.items()})
+
+    graph = tf.compat.v1.wrap_function(import_graph, [])
+    signatures = {}
+    for fn_name, function in functions.items():
+        names = tensors[fn_name]
+        specs = tf.nest.flatten(function.input_signature)
+        feeds = [names["inputs"][spec.name] for spec in specs]
+        pruned = graph.prune(feeds=feeds, fetches=dict(names["outputs"]))
+        signatures[fn_name] = tf.function(_calling(pruned, function.python_function),
+                                          input_signature=function.input_signature)
+        setattr(module, fn_name, signatures[fn_name])
+    tf.saved_model.save(module, str(path), signatures=signatures)
+
+
 def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool = False,
-                 saved_model: bool = True) -> Path:
+                 saved_model: bool = True, weights_dtype: str = "float16") -> Path:
     """Write the model folder ``out_dir`` (frozen graph, SavedModel, Keras weights, manifest).
 
     Written into a temporary folder beside ``out_dir`` and renamed into place, so a model folder
     is either complete or absent.
     """
     import keras
-    import tensorflow as tf
 
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise VostrackError(f"unknown weights dtype {weights_dtype!r} "
+                            f"(choose from {', '.join(WEIGHT_DTYPES)})")
     if keras.backend.backend() != "tensorflow":
         raise VostrackError("export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
     out_dir = Path(out_dir)
@@ -173,15 +295,14 @@ def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool =
     try:
         functions = serving_functions(network)
         graph_def, tensors = freeze(functions)
-        (tmp / FROZEN_GRAPH).write_bytes(graph_def.SerializeToString())
         network.save_weights(str(tmp / KERAS_WEIGHTS))
+        if weights_dtype == "float16":
+            graph_def = half_constants(graph_def)
+            half_weights_file(tmp / KERAS_WEIGHTS)
+        (tmp / FROZEN_GRAPH).write_bytes(graph_def.SerializeToString())
         files = {"frozen_graph": FROZEN_GRAPH, "keras_weights": KERAS_WEIGHTS}
         if saved_model:
-            module = tf.Module()
-            module.network_variables = list(network.variables)
-            for fn_name, fn in functions.items():
-                setattr(module, fn_name, fn)
-            tf.saved_model.save(module, str(tmp / SAVED_MODEL), signatures=functions)
+            saved_model_from_graph(graph_def, tensors, functions, tmp / SAVED_MODEL)
             files["saved_model"] = SAVED_MODEL
         config = network.config
         write_json(tmp / "manifest.json", {
@@ -198,6 +319,7 @@ def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool =
                 "normalisation": "backbone's own, inside the graph",
             },
             "files": files,
+            "weights_dtype": weights_dtype,
             "tensors": tensors,
             "signatures": {fn: sorted(names) for fn, names in tensors.items()},
         })
