@@ -177,4 +177,13 @@ def test_train_with_a_bad_config(tmp_path):
     (tmp_path / "warm.json").write_text('{"steps": 10, "warmup_steps": 50}')
     fails(["train", "--config", tmp_path / "warm.json", "--out", tmp_path / "run"],
           "warmup_steps (50) must lie in 0..steps (10)")
+    # YAML configs are read as such: their keys reach the same validation
+    (tmp_path / "odd.yaml").write_text("steps: 10\nwarmup_stepz: 5\n")
+    fails(["train", "--config", tmp_path / "odd.yaml", "--out", tmp_path / "run"],
+          "unknown training option(s): warmup_stepz")
+    (tmp_path / "bad.yaml").write_text("steps: [10\n")
+    fails(["train", "--config", tmp_path / "bad.yaml", "--out", tmp_path / "run"], "not valid YAML")
+    (tmp_path / "list.yaml").write_text("- steps\n")
+    fails(["train", "--config", tmp_path / "list.yaml", "--out", tmp_path / "run"],
+          "must hold a mapping")
     assert not (tmp_path / "run").exists()

@@ -293,13 +293,22 @@ def _read_config(path: Path) -> dict:
         try:
             import yaml
         except ImportError:
-            raise VostrackError("YAML configs need PyYAML (pip install pyyaml); JSON works "
+            raise VostrackError("YAML configs need PyYAML (the train extra); JSON works "
                                 "as it is") from None
-        return yaml.safe_load(text) or {}
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise VostrackError(f"config {path} is not valid JSON ({exc})") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise VostrackError(f"config {path} is not valid YAML "
+                                f"({' '.join(str(exc).split())})") from None
+    else:
+        try:
+            values = json.loads(text)
+        except ValueError as exc:
+            raise VostrackError(f"config {path} is not valid JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise VostrackError(f"config {path} must hold a mapping of options, not "
+                            f"{type(values).__name__}")
+    return values
 
 
 
