@@ -169,21 +169,17 @@ def test_help_lists_every_command():
 def test_train_with_a_bad_config(tmp_path):
     fails(["train", "--config", tmp_path / "missing.json", "--out", tmp_path / "run"],
           "cannot read config")
-    (tmp_path / "bad.json").write_text("{not json")
-    fails(["train", "--config", tmp_path / "bad.json", "--out", tmp_path / "run"], "not valid JSON")
-    (tmp_path / "odd.json").write_text('{"stepz": 3}')
-    fails(["train", "--config", tmp_path / "odd.json", "--out", tmp_path / "run"],
-          "unknown training option(s): stepz")
-    (tmp_path / "warm.json").write_text('{"steps": 10, "warmup_steps": 50}')
-    fails(["train", "--config", tmp_path / "warm.json", "--out", tmp_path / "run"],
-          "warmup_steps (50) must lie in 0..steps (10)")
-    # YAML configs are read as such: their keys reach the same validation
-    (tmp_path / "odd.yaml").write_text("steps: 10\nwarmup_stepz: 5\n")
-    fails(["train", "--config", tmp_path / "odd.yaml", "--out", tmp_path / "run"],
-          "unknown training option(s): warmup_stepz")
-    (tmp_path / "bad.yaml").write_text("steps: [10\n")
-    fails(["train", "--config", tmp_path / "bad.yaml", "--out", tmp_path / "run"], "not valid YAML")
-    (tmp_path / "list.yaml").write_text("- steps\n")
-    fails(["train", "--config", tmp_path / "list.yaml", "--out", tmp_path / "run"],
-          "must hold a mapping")
+    cases = [
+        ("bad.json", "{not json", "not valid JSON"),
+        ("odd.json", '{"stepz": 3}', "unknown training option(s): stepz"),
+        ("warm.json", '{"steps": 10, "warmup_steps": 50}',
+         "warmup_steps (50) must lie in 0..steps (10)"),
+        # YAML configs are read as such: their keys reach the same validation
+        ("odd.yaml", "steps: 10\nwarmup_stepz: 5\n", "unknown training option(s): warmup_stepz"),
+        ("bad.yaml", "steps: [10\n", "not valid YAML"),
+        ("list.yaml", "- steps\n", "must hold a mapping"),
+    ]
+    for name, text, message in cases:
+        (tmp_path / name).write_text(text)
+        fails(["train", "--config", tmp_path / name, "--out", tmp_path / "run"], message)
     assert not (tmp_path / "run").exists()
