@@ -1,6 +1,7 @@
 """Prepare what a training run on a lent GPU machine carries (nothing of it is committed).
 
     python tools/prepare_device.py --config configs/train-davis.json [--height 320]
+        [--init models/default/network.weights.h5]
     (on the device, tools/train_on_device.sh runs: python3 tools/prepare_device.py --unpack)
 
 Writes, in the repository's root (both folders are git-ignored; name them in the device tool's
@@ -8,8 +9,10 @@ Writes, in the repository's root (both folders are git-ignored; name them in the
 - ``.whl/``: the wheels the device machine lacks (keras and what it needs there), for Python
   3.12 manylinux x86_64;
 - ``.devdata/``: a down-scaled copy of the training data the config names (DAVIS trees with
-  their frames packed as H.264 videos, image+mask folders as JPEG/PNG) and ``init/``, the network's starting weights
-  (ImageNet backbone, new heads) as fp16 shards, so the backbone's weight package need not travel.
+  their frames packed as H.264 videos, image+mask folders as JPEG/PNG) and ``init/``, the
+  network's starting weights (ImageNet backbone, new heads) as fp16 shards, so the backbone's
+  weight package need not travel. With ``--init`` a tracked weights file (the shipped model's,
+  say: training continues from it) is named instead: it travels with the tree, nothing is copied.
 The device machine has no network and no TensorFlow: tools/train_on_device.sh trains there with
 KERAS_BACKEND=jax. Keep the whole carry under 64 MiB (the script prints its size).
 """
@@ -111,6 +114,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path)
     parser.add_argument("--height", type=int, default=320)
+    parser.add_argument("--init", type=Path,
+                        help="start from these weights (a tracked file, relative to the "
+                             "repository root) instead of the ImageNet backbone")
     parser.add_argument("--unpack", action="store_true",
                         help="on the device machine: restore the packed frames in .devdata")
     args = parser.parse_args()
@@ -134,18 +140,26 @@ def main() -> None:
             path = f".devdata/{name}"
         device_specs.append({**spec, "path": path})
 
-    from vostrack.network.config import ModelConfig
-    from vostrack.network.vos import VosNetwork
-    from vostrack.training.trainer import save_arrays
+    if args.init is not None:
+        listed = subprocess.run(["git", "ls-files", "--error-unmatch", str(args.init)], cwd=ROOT,
+                                capture_output=True)
+        if listed.returncode != 0:
+            parser.error(f"--init {args.init}: not a tracked file of the repository (only "
+                         "those travel without being carried)")
+        init_path = args.init.as_posix()
+    else:
+        from vostrack.network.config import ModelConfig
+        from vostrack.network.vos import VosNetwork
+        from vostrack.training.trainer import save_arrays
 
-    network = VosNetwork(ModelConfig.from_dict(config["model"]))
-    init = data / "init"
-    shutil.rmtree(init, ignore_errors=True)
-    init.mkdir()
-    save_arrays(init, "network", [np.asarray(v.numpy()).astype(np.float16)
-                                  for v in network.variables])
+        network = VosNetwork(ModelConfig.from_dict(config["model"]))
+        init = data / "init"
+        init.mkdir()
+        save_arrays(init, "network", [np.asarray(v.numpy()).astype(np.float16)
+                                      for v in network.variables])
+        init_path = ".devdata/init"
     (data / "config.json").write_text(json.dumps(
-        {**config, "data": device_specs, "init": ".devdata/init"}, indent=2))
+        {**config, "data": device_specs, "init": init_path}, indent=2))
     total = sum(p.stat().st_size for p in (ROOT / ".whl").rglob("*") if p.is_file())
     total += sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True).stdout
