@@ -1,17 +1,20 @@
 """J, F and J&F per sequence on a DAVIS tree, next to RGMP's published numbers where known.
 
     python benchmarks/accuracy.py [--data ../shared/data/davis2016-dev] [--model default]
-                                  [--runtime frozen] [--results DIR]
+                                  [--runtime frozen] [--results DIR] [--set parts.max_parts=1]
 
 Runs the model on every sequence from its first annotated frame (as `vostrack validate` does),
 scores with the project's DAVIS scorer (official protocol: first and last frames excluded) and
 prints one row per sequence and the mean over objects. ``--results`` scores segmentations
-already written instead.
+already written instead. ``--set KEY=VALUE`` (repeatable) changes an inference setting of the
+model's config for this run (an ablation without retraining: ``parts.max_parts``,
+``matching.memory_frames``, ``matching.top_k``, ...); the model's files are used as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -22,6 +25,30 @@ RGMP = {"blackswan": (0.960, 0.986), "bmx-trees": (0.526, 0.745),
 RGMP_ALL20 = (0.815, 0.820, 0.818)  # J, F, J&F as published
 
 
+def with_settings(model: str, settings: list[str]) -> str:
+    """A temporary model folder: ``model``'s files (linked) and its manifest with ``settings``
+    applied to the config."""
+    from vostrack.registry import read_manifest, resolve_model
+
+    source = resolve_model(model).resolve()
+    manifest = read_manifest(source)
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        *path, last = key.split(".")
+        node = manifest["config"]
+        for name in path:
+            node = node[name]
+        if last not in node:
+            raise SystemExit(f"--set {setting}: the config has no {key}")
+        node[last] = json.loads(value)
+    folder = Path(tempfile.mkdtemp(prefix="vostrack-ablation-"))
+    for item in source.iterdir():
+        if item.name != "manifest.json":
+            (folder / item.name).symlink_to(item)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return str(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     repo = Path(__file__).resolve().parents[1]
@@ -29,6 +56,8 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--runtime", default="frozen", choices=("frozen", "keras"))
     parser.add_argument("--results", type=Path, help="score these segmentations instead")
+    parser.add_argument("--set", dest="settings", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value (JSON value)")
     args = parser.parse_args()
 
     from vostrack.evaluation.davis import DavisTree, score
@@ -39,14 +68,16 @@ def main() -> None:
     tree = DavisTree(args.data)
     seqs = tree.sequences()
     results = args.results
+    model = with_settings(args.model, args.settings) if args.settings else args.model
     if results is None:
         results = Path(tempfile.mkdtemp(prefix="vostrack-accuracy-"))
         with native_stderr_silenced():
-            propagator, info = load_propagator(args.model, args.runtime)
+            propagator, info = load_propagator(model, args.runtime)
         segment_tree(tree, seqs, propagator, results, info, progress=False)
     report = score(tree, results, seqs)
 
-    print(f"{args.data} | model {args.model} ({args.runtime}) | results {results}")
+    changed = f" with {', '.join(args.settings)}" if args.settings else ""
+    print(f"{args.data} | model {args.model}{changed} ({args.runtime}) | results {results}")
     print(f"{'sequence':<14}{'J':>7}{'F':>7}{'J&F':>7}   {'RGMP J':>7}{'RGMP F':>7}{'RGMP J&F':>9}")
     rgmp_rows = []
     for s in report.sequences:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,18 @@ from tests.doubles import ColourPropagator
 from vostrack.io.palette import write_label_png
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _restore_vostrack_logger():
+    """The CLI points the ``vostrack`` logger at its own handler and stops propagation (to keep
+    the progress bar intact); undo that after each in-process CLI run, so that a later test's
+    ``caplog`` sees the library's warnings whatever ran before it."""
+    logger = logging.getLogger("vostrack")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])
 
 
 def write_video(path: Path, frames, fps: float = 10.0, crf: int = 12) -> Path:
