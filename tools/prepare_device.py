@@ -31,6 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ["keras", "optree", "namex"]
+CARRY_LIMIT = 64 * 2**20  # what a device call may send: tracked files and carried folders
 
 
 def download_wheels(target: Path) -> None:
@@ -166,6 +167,9 @@ def main() -> None:
     total += sum((ROOT / f).stat().st_size for f in tracked.decode().split("\0") if f)
     print(f"what travels: the tracked files + .whl + .devdata = {total / 2**20:.1f} MiB "
           f"(limit 64); the device config is .devdata/config.json")
+    if total > CARRY_LIMIT:
+        sys.exit("over the device's 64 MiB: down-scale the data further (--height 240) or start "
+                 "from a tracked weights file (--init models/default/network.weights.h5)")
 
 
 if __name__ == "__main__":
