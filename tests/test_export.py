@@ -17,7 +17,8 @@ from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
 from vostrack.network.config import MatchingConfig, ModelConfig, working_size
 from vostrack.network.vos import VosNetwork, load_network
 from vostrack.registry import read_manifest
-from vostrack.serving.export import export_model, tf_working_size, to_half
+from vostrack.serving.export import (export_model, float32_constants, tf_working_size,
+                                     to_half)
 
 TINY = ModelConfig(name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3))
 
@@ -154,6 +155,23 @@ def test_weights_are_stored_in_float16_and_computed_in_float32(network, exported
         key = FrozenRuntime(folder / "frozen.pb", TINY, manifest["tensors"]).run(
             "encode_reference", inputs)["key"]
         assert low <= np.abs(key - exact).max() <= high, folder
+
+
+def test_the_frozen_runtime_runs_float16_weights_as_float32_constants(exported, tmp_path):
+    """TF does not fold the stored graph's casts, so every weight would be cast (and every conv
+    filter laid out again by oneDNN) on every frame: the runtime restores float32 constants."""
+    stored = tf.compat.v1.GraphDef()
+    stored.ParseFromString((exported / "frozen.pb").read_bytes())
+    halves = [n for n in stored.node if n.op == "Const" and n.attr["dtype"].type == tf.float16]
+    assert len(halves) > 20
+    restored = float32_constants(stored)
+    assert not [n for n in restored.node if n.attr["dtype"].type == tf.float16]
+    assert len(restored.node) == len(stored.node) - len(halves)  # each const + cast -> one const
+    by_name = {n.name: n for n in restored.node}
+    for half in halves[:5]:
+        again = tf.make_ndarray(by_name[half.name[: -len("/float16")]].attr["value"].tensor)
+        assert again.dtype == np.float32
+        np.testing.assert_array_equal(again, tf.make_ndarray(half.attr["value"].tensor))
 
 
 def test_float16_is_used_only_where_it_keeps_the_values():

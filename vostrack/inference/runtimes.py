@@ -74,8 +74,11 @@ class FrozenRuntime:
         import tensorflow as tf
 
         self.config = config
+        from vostrack.serving.export import float32_constants
+
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(Path(graph_path).read_bytes())
+        graph_def = float32_constants(graph_def)  # weights stored as float16, run as float32
         graph = tf.Graph()
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
