@@ -132,3 +132,8 @@ def test_train_command_validation_resume_and_export(tmp_path):
     assert exported.exit_code == 0, exported.output
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["config"]["parts"]["max_parts"] == 2 and (model / "frozen.pb").is_file()
+    more = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "-o", str(model),
+                                    "--no-saved-model", "--overwrite", "--max-parts", "3"])
+    assert more.exit_code == 0, more.output
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["config"]["parts"]["max_parts"] == 3

@@ -379,10 +379,13 @@ def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_p
 @click.option("--weights-dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True,
               help="How the weights are stored (they are computed in float32 either way).")
+@click.option("--max-parts", type=click.IntRange(min=1),
+              help="Parts per object at inference (the weights do not depend on it; default: "
+                   "the model's own).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
            output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
-           overwrite: bool) -> None:
+           max_parts: int | None, overwrite: bool) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
     import json
 
@@ -411,6 +414,13 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
         manifest = read_manifest(model_dir)
         network = load_network(model_dir, ModelConfig.from_dict(manifest["config"]),
                                manifest["files"]["keras_weights"])
+    if max_parts is not None:
+        import dataclasses
+
+        if not network.config.parts:
+            raise VostrackError("--max-parts: this model has no part path")
+        network.config = dataclasses.replace(
+            network.config, parts=dataclasses.replace(network.config.parts, max_parts=max_parts))
     export_model(network, output_dir, name or output_dir.name, overwrite=overwrite,
                  saved_model=not no_saved_model, weights_dtype=weights_dtype)
     click.echo(f"exported {output_dir}")
