@@ -37,10 +37,13 @@ def with_settings(model: str, settings: list[str]) -> str:
         *path, last = key.split(".")
         node = manifest["config"]
         for name in path:
-            node = node[name]
-        if last not in node:
-            raise SystemExit(f"--set {setting}: the config has no {key}")
-        node[last] = json.loads(value)
+            node = node.get(name) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            raise SystemExit(f"--set {setting}: the model's config has no {key}")
+        try:
+            node[last] = json.loads(value)
+        except ValueError:
+            raise SystemExit(f"--set {setting}: {value!r} is not a JSON value") from None
     folder = Path(tempfile.mkdtemp(prefix="vostrack-ablation-"))
     for item in source.iterdir():
         if item.name != "manifest.json":

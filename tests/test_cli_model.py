@@ -59,6 +59,12 @@ def test_export_needs_exactly_one_source(tmp_path):
     result = CliRunner().invoke(cli, ["export", "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "--model" in result.stderr and "--config" in result.stderr
+    matching = tmp_path / "matching.json"
+    matching.write_text(json.dumps({"name": "m"}))  # no part path
+    result = CliRunner().invoke(cli, ["export", "--config", str(matching), "--max-parts", "2",
+                                      "-o", str(tmp_path / "m")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "no part path" in result.stderr and not (tmp_path / "m").exists()
 
 
 def test_the_shipped_model_is_the_trained_one_on_real_video(tmp_path):

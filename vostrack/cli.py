@@ -387,6 +387,7 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
            output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
            max_parts: int | None, overwrite: bool) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
+    import dataclasses
     import json
 
     from vostrack.network.config import ModelConfig
@@ -399,28 +400,30 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
                             "or --checkpoint (a training run)")
     if output_dir.exists() and not overwrite:
         raise VostrackError(f"{output_dir} already exists; use --overwrite to replace it")
+    def inference_settings(config: ModelConfig) -> ModelConfig:
+        if max_parts is None:
+            return config
+        if not config.parts:
+            raise VostrackError("--max-parts: this model has no part path")
+        return dataclasses.replace(config, parts=dataclasses.replace(config.parts,
+                                                                     max_parts=max_parts))
+
     if config_path is not None:
         try:
             config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as exc:
             raise VostrackError(f"cannot read config {config_path}: {exc}") from None
-        network = VosNetwork(config, weights="imagenet")
+        network = VosNetwork(inference_settings(config), weights="imagenet")
     elif checkpoint is not None:
         from vostrack.training.trainer import checkpoint_network
 
         network = checkpoint_network(checkpoint)
+        network.config = inference_settings(network.config)
     else:
         model_dir = resolve_model(model)
         manifest = read_manifest(model_dir)
-        network = load_network(model_dir, ModelConfig.from_dict(manifest["config"]),
-                               manifest["files"]["keras_weights"])
-    if max_parts is not None:
-        import dataclasses
-
-        if not network.config.parts:
-            raise VostrackError("--max-parts: this model has no part path")
-        network.config = dataclasses.replace(
-            network.config, parts=dataclasses.replace(network.config.parts, max_parts=max_parts))
+        network = load_network(model_dir, inference_settings(ModelConfig.from_dict(
+            manifest["config"])), manifest["files"]["keras_weights"])
     export_model(network, output_dir, name or output_dir.name, overwrite=overwrite,
                  saved_model=not no_saved_model, weights_dtype=weights_dtype)
     click.echo(f"exported {output_dir}")

@@ -73,9 +73,9 @@ class FrozenRuntime:
     def __init__(self, graph_path: Path, config: ModelConfig, tensors: dict[str, dict[str, str]]):
         import tensorflow as tf
 
-        self.config = config
         from vostrack.serving.export import float32_constants
 
+        self.config = config
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(Path(graph_path).read_bytes())
         graph_def = float32_constants(graph_def)  # weights stored as float16, run as float32

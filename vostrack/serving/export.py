@@ -10,8 +10,9 @@ Every input and output tensor name is recorded in the manifest (frozen outputs a
 anonymous Identity_N).
 
 Weights are stored as float16 by default (``weights_dtype``) and computed in float32: in the
-frozen graph each weight constant is a float16 constant cast back to float32 (TF folds the
-cast when the graph loads), the SavedModel holds float16 variables read through the same graph,
+frozen graph each weight constant is a float16 constant cast back to float32 (the frozen
+runtime turns them into float32 constants again when it loads the graph, see
+:func:`float32_constants`), the SavedModel holds float16 variables read through the same graph,
 and the Keras weights file holds float16 arrays that ``load_weights`` casts into the float32
 variables. It halves the model folder; all three carry the same rounded weights, so they agree
 with each other exactly as a float32 export does.
@@ -152,9 +153,7 @@ def dedupe_constants(graph_def: Any) -> Any:
                 continue
             keep[key] = node.name
         nodes.append(node)
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = _empty_like(graph_def)
     for node in nodes:
         copy = out.node.add()
         copy.CopyFrom(node)
@@ -164,6 +163,26 @@ def dedupe_constants(graph_def: Any) -> Any:
             if base in rename:
                 copy.input[i] = ("^" if control else "") + rename[base] + (f":{port}" if port else "")
     return out
+
+
+def _empty_like(graph_def: Any) -> Any:
+    """A GraphDef with ``graph_def``'s versions and function library and no nodes."""
+    import tensorflow as tf
+
+    out = tf.compat.v1.GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
+    return out
+
+
+def _add_const(graph_def: Any, name: str, array: Any) -> Any:
+    import tensorflow as tf
+
+    const = graph_def.node.add()
+    const.name, const.op = name, "Const"
+    const.attr["dtype"].type = tf.as_dtype(array.dtype).as_datatype_enum
+    const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(array))
+    return const
 
 
 def to_half(array: Any) -> Any:
@@ -185,9 +204,7 @@ def half_constants(graph_def: Any) -> Any:
     float32 under its own name (so every consumer and every recorded tensor name stays)."""
     import tensorflow as tf
 
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = _empty_like(graph_def)
     for node in graph_def.node:
         half = None
         if node.op == "Const" and node.attr["value"].tensor.tensor_content:
@@ -195,10 +212,7 @@ def half_constants(graph_def: Any) -> Any:
         if half is None:
             out.node.add().CopyFrom(node)
             continue
-        const = out.node.add()
-        const.name, const.op = f"{node.name}/float16", "Const"
-        const.attr["dtype"].type = tf.float16.as_datatype_enum
-        const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(half))
+        const = _add_const(out, f"{node.name}/float16", half)
         cast = out.node.add()
         cast.name, cast.op = node.name, "Cast"
         cast.input.append(const.name)
@@ -218,9 +232,7 @@ def float32_constants(graph_def: Any) -> Any:
     halves = {node.name: node for node in graph_def.node
               if node.op == "Const" and node.attr["dtype"].type == tf.float16.as_datatype_enum
               and node.name.endswith("/float16")}
-    out = tf.compat.v1.GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = _empty_like(graph_def)
     for node in graph_def.node:
         if node.name in halves:
             continue
@@ -228,11 +240,7 @@ def float32_constants(graph_def: Any) -> Any:
         if source is None:
             out.node.add().CopyFrom(node)
             continue
-        value = tf.make_ndarray(source.attr["value"].tensor).astype("float32")
-        const = out.node.add()
-        const.name, const.op = node.name, "Const"
-        const.attr["dtype"].type = tf.float32.as_datatype_enum
-        const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+        _add_const(out, node.name, tf.make_ndarray(source.attr["value"].tensor).astype("float32"))
     return out
 
 
@@ -279,9 +287,10 @@ def saved_model_from_graph(graph_def: Any, tensors: dict, functions: dict[str, A
     module = tf.Module()
     weights = {}
     for node in graph_def.node:
-        if node.op == "Const" and len(node.attr["value"].tensor.tensor_content) >= 4 * HALF_MIN_ELEMENTS:
-            weights[node.name] = tf.Variable(tf.make_ndarray(node.attr["value"].tensor),
-                                             trainable=False)
+        if node.op == "Const" and node.attr["value"].tensor.tensor_content:
+            value = tf.make_ndarray(node.attr["value"].tensor)
+            if value.size >= HALF_MIN_ELEMENTS:  # the weights, float16 or float32
+                weights[node.name] = tf.Variable(value, trainable=False)
     module.weights = list(weights.values())
 
     def import_graph() -> None:
