@@ -172,7 +172,7 @@ def test_overwrite_replaces_and_removes_stale_frames(tmp_path, squares, double):
     assert json.loads((out / "summary.json").read_text())["status"] == "complete"
 
 
-@pytest.mark.parametrize("how", ["keyboard", "sigint"])
+@pytest.mark.parametrize("how", ["keyboard", "sigint", "sigterm", "sigint-twice"])
 def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, how):
     frames, labels = squares_clip(num_frames=12, appear_at={3: 6})
     video = write_video(tmp_path / "v.mp4", frames)
@@ -188,13 +188,16 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     use(ColourPropagator())
     assert run(*args, tmp_path / "full.mp4", "-o", tmp_path / "full").exit_code == 0
 
-    stopper = ColourPropagator(interrupt_at=None if how == "sigint" else 9)
-    if how == "sigint":  # a real Ctrl-C: the signal arrives while the loop runs
+    stopper = ColourPropagator(interrupt_at=9 if how == "keyboard" else None)
+    if how != "keyboard":  # a real signal, arriving while a frame is being computed
         real_step = stopper.step
+        sig = signal.SIGTERM if how == "sigterm" else signal.SIGINT
 
         def step(frame, reference, state):
             if stopper.steps == 8:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), sig)
+                if how == "sigint-twice":  # the impatient user: the second one stops at once
+                    os.kill(os.getpid(), sig)
             return real_step(frame, reference, state)
 
         stopper.step = step
@@ -202,11 +205,15 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     out, overlay = tmp_path / "out", tmp_path / "overlay.mp4"
     stopped = run(*args, overlay, "-o", out)
     assert stopped.exit_code == 130, stopped.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert "--resume" in stopped.stderr and len(stopped.stderr.strip().splitlines()) == 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     done = summary["frames_done"]
-    assert 0 < done < 12 and len(list(out.glob("*.png"))) == done
+    # One signal lets the frame in progress finish; a raised KeyboardInterrupt drops it.
+    assert done == (10 if how in ("sigint", "sigterm") else 9), done
+    assert len(list(out.glob("*.png"))) == done
     assert not overlay.exists() and not list(tmp_path.glob(".overlay*"))
 
     use(ColourPropagator())

@@ -6,11 +6,13 @@ stderr with a non-zero exit code; ``--debug`` shows tracebacks instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -81,8 +83,29 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def _raise_keyboard_interrupt(signum, frame):  # SIGTERM stops a run as cleanly as Ctrl-C
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def _stop_on_signals(job):
+    """Ctrl-C and SIGTERM stop ``job`` after the frame in progress (its outputs then resume
+    cleanly); a second Ctrl-C stops at once. The previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    stopping = False
+
+    def handle(signum, frame):
+        nonlocal stopping
+        if signum == signal.SIGINT and stopping:
+            raise KeyboardInterrupt
+        stopping = True
+        job.request_stop()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # ----------------------------------------------------------------------------------- segment
@@ -128,18 +151,11 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
     job = SegmentRun(source, annotations, propagator, options, model_info)
     if not quiet:
         _report_inputs(source, annotations, reader)
-    if threading_is_main():
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    summary = job.run()
+    with _stop_on_signals(job):
+        summary = job.run()
     click.echo(f"{summary['frames_done']} frames, {len(summary['objects'])} object(s) "
                f"-> {output_dir}" + (f" and {overlay}" if overlay else "")
                + (f" ({summary['frames_per_second']} frames/s)" if summary.get("frames_per_second") else ""))
-
-
-def threading_is_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def _report_inputs(source, annotations, reader) -> None:

@@ -77,6 +77,14 @@ class SegmentRun:
                         "frames_done": self.start,
                         "resumed_from": self.start if options.resume else None}
         write_json(self.output_dir / SUMMARY_NAME, self.summary)
+        self._stop = threading.Event()
+
+    def request_stop(self) -> None:
+        """Stop after the frame in progress, as Ctrl-C does. Safe from a signal handler: the
+        loop raises KeyboardInterrupt itself between frames, because a KeyboardInterrupt raised
+        by Python's own handler wherever the main thread happens to be can land in a finalizer
+        (``__del__``), where Python drops it and the run goes on."""
+        self._stop.set()
 
     def run(self) -> dict:
         source, options, start, summary = self.source, self.options, self.start, self.summary
@@ -97,6 +105,8 @@ class SegmentRun:
                 labels = segmenter.step(frame, annotated.get(index))
                 writer.put(FrameResult(index, labels, frame if overlay else None))
                 bar.update(1)
+                if self._stop.is_set():
+                    raise KeyboardInterrupt
             writer.close()
         except BaseException as exc:
             writer.abort()
