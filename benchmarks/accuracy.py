@@ -7,8 +7,10 @@ Runs the model on every sequence from its first annotated frame (as `vostrack va
 scores with the project's DAVIS scorer (official protocol: first and last frames excluded) and
 prints one row per sequence and the mean over objects. ``--results`` scores segmentations
 already written instead. ``--set KEY=VALUE`` (repeatable) changes an inference setting of the
-model's config for this run (an ablation without retraining: ``parts.max_parts``,
-``matching.memory_frames``, ``matching.top_k``, ...); the model's files are used as they are.
+model's config for this run (an ablation without retraining); the model's files are used as they
+are. The frozen graph follows only the settings read at run time (``parts.max_parts``,
+``matching.memory_frames``, ...: RUN_TIME_SETTINGS); others (``matching.top_k``, ...) are built
+into it at export, so they need ``--runtime keras``, which builds the network from the config.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ def main() -> None:
     from vostrack.inference.quiet import native_stderr_silenced
     from vostrack.registry import load_propagator
 
+    from vostrack.inference.propagator import RUN_TIME_SETTINGS
+
+    baked = [s for s in args.settings if s.partition("=")[0] not in RUN_TIME_SETTINGS]
+    if baked and args.runtime == "frozen":
+        raise SystemExit(f"--set {baked[0]}: the frozen graph has this value built in; "
+                         "add --runtime keras")
     tree = DavisTree(args.data)
     seqs = tree.sequences()
     results = args.results

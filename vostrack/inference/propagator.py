@@ -19,6 +19,12 @@ from vostrack.network.matching import UNKNOWN
 from vostrack.network.parts import PartsConfig, split_mask
 
 
+#: Config values read here, at run time: an exported graph follows its manifest for these, while
+#: every other value (top_k, temperature, window sizes...) is built into the graph at export.
+RUN_TIME_SETTINGS = frozenset({"matching.memory_frames", "matching.max_references",
+                               "parts.max_parts", "parts.min_part_area"})
+
+
 class Runtime(Protocol):
     """The network's graph functions on numpy arrays (see vostrack/network/vos.py)."""
 
