@@ -110,4 +110,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from vostrack.errors import VostrackError
+
+    try:
+        main()
+    except VostrackError as exc:  # bad data or model: one line, as the CLI gives
+        raise SystemExit(f"error: {exc}") from None
