@@ -67,10 +67,9 @@ def main() -> None:
 
     from vostrack.evaluation.davis import DavisTree, score
     from vostrack.evaluation.segment_tree import segment_tree
+    from vostrack.inference.propagator import RUN_TIME_SETTINGS
     from vostrack.inference.quiet import native_stderr_silenced
     from vostrack.registry import load_propagator
-
-    from vostrack.inference.propagator import RUN_TIME_SETTINGS
 
     baked = [s for s in args.settings if s.partition("=")[0] not in RUN_TIME_SETTINGS]
     if baked and args.runtime == "frozen":

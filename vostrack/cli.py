@@ -416,6 +416,7 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
                             "or --checkpoint (a training run)")
     if output_dir.exists() and not overwrite:
         raise VostrackError(f"{output_dir} already exists; use --overwrite to replace it")
+
     def inference_settings(config: ModelConfig) -> ModelConfig:
         if max_parts is None:
             return config
