@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -102,17 +104,35 @@ def test_the_jax_backend_runs_training_steps(tmp_path):
     assert shards
 
 
-def test_train_command_validation_resume_and_export(tmp_path):
+def test_train_command_validation_ctrl_c_resume_and_export(tmp_path, monkeypatch):
     from tests.test_cli_validate import make_tree
+    from vostrack.data.batches import ClipBatches
 
     make_tree(tmp_path / "tree", num_frames=5)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({**TINY.to_dict(), "steps": 2, "val_every": 2}))
+    config.write_text(json.dumps({**TINY.to_dict(), "steps": 3, "val_every": 2,
+                                  "checkpoint_every": 100}))
+    real_batch = ClipBatches.batch_at_step
+
+    def batch_at_step(self, step):
+        if step == 1:  # Ctrl-C while the second step's batch is made: that step still runs
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_batch(self, step)
+
+    monkeypatch.setattr(ClipBatches, "batch_at_step", batch_at_step)
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, ["train", "--config", str(config), "--out", str(run), "-q",
                                       "--val", str(tmp_path / "tree")])
-    assert result.exit_code == 0, result.output
-    assert "step 2" in result.output
+    assert result.exit_code == 130, result.output
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "step 2 of 3" in message and "--resume" in message
+    # Stopped after step 2 (validated, as every 2 steps) with a checkpoint of it, though the
+    # config saves only at the end: a resumed run goes on from there.
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000002"]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()
+            if "loss" in line] == [1, 2]
     scores = [json.loads(line) for line in (run / "metrics.jsonl").open() if "val_jf" in line]
     assert len(scores) == 1 and 0.0 <= scores[0]["val_jf"] <= 1.0
     assert (run / "best" / "state.json").is_file()

@@ -23,7 +23,9 @@ else
   args=(--config .devdata/config.json --out "$run")
 fi
 status=0
-timeout "$((minutes * 60))" python3 -m vostrack train "${args[@]}" -q || status=$?
+# At the time limit timeout sends SIGTERM: training finishes its step, checkpoints it and stops
+# (timeout then exits 124); SIGKILL only if that takes over two minutes.
+timeout --kill-after=120 "$((minutes * 60))" python3 -m vostrack train "${args[@]}" -q || status=$?
 [ "$status" -eq 124 ] && echo "stopped after $minutes minutes (resume to continue)"
 [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && exit "$status"
 latest="$run/checkpoints/$(cat "$run/checkpoints/latest")"

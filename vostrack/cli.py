@@ -85,8 +85,9 @@ class _TqdmHandler(logging.Handler):
 
 @contextlib.contextmanager
 def _stop_on_signals(job):
-    """Ctrl-C and SIGTERM stop ``job`` after the frame in progress (its outputs then resume
-    cleanly); a second Ctrl-C stops at once. The previous handlers come back afterwards."""
+    """Ctrl-C and SIGTERM stop ``job`` (a segment run or a trainer) after the frame or step in
+    progress, so that it resumes cleanly; a second Ctrl-C stops at once. The previous handlers
+    come back afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
         return
@@ -293,7 +294,8 @@ def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: 
         raise VostrackError("--resume continues the run as it was configured; give only --out "
                             "(and --workers or --devices)")
     trainer = open_run(run_dir, config, resume, workers=workers, devices=devices)
-    metrics = trainer.train(progress=not quiet)
+    with _stop_on_signals(trainer):
+        metrics = trainer.train(progress=not quiet)
     click.echo(f"step {trainer.step}: loss {metrics.get('loss', float('nan')):.4f} -> "
                f"{run_dir / 'checkpoints' / 'latest'}")
 

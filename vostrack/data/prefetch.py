@@ -27,9 +27,14 @@ _make_batch: Callable[[int], Any] | None = None
 
 def _start_worker(blob: bytes) -> None:
     global _make_batch
-    # One worker per core already; OpenCV's own thread pool would oversubscribe them.
+    import signal
+
     import cv2
 
+    # Ctrl-C in a terminal reaches the whole process group: the parent finishes its step,
+    # saves and shuts the pool down; a worker dying of it first would fail that step instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # One worker per core already; OpenCV's own thread pool would oversubscribe them.
     cv2.setNumThreads(1)
     _make_batch = pickle.loads(blob)
 

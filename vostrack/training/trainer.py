@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from vostrack.data.prefetch import Prefetcher
-from vostrack.errors import VostrackError
+from vostrack.errors import InterruptedRun, VostrackError
 from vostrack.io.atomic import atomic_path, write_json
 from vostrack.network.config import ModelConfig, PartsModelConfig
 
@@ -197,6 +198,7 @@ class Trainer:
         self.loader = self._make_loader()
         self.step = 0
         self.best = -1.0
+        self._stop = threading.Event()
         self._steps: dict[bool, Any] = {}
 
     def _build(self, config: TrainConfig) -> None:
@@ -343,6 +345,11 @@ class Trainer:
         return run
 
     # ------------------------------------------------------------------------- the loop
+    def request_stop(self) -> None:
+        """Stop after the step in progress, with a checkpoint of it (Ctrl-C, SIGTERM). Safe from
+        a signal handler: the loop raises between steps, where nothing is half-done."""
+        self._stop.set()
+
     def train(self, steps: int | None = None, progress: bool = True) -> dict:
         """Train up to ``steps`` (default: the config's); returns the last logged metrics."""
         from tqdm import tqdm
@@ -373,8 +380,13 @@ class Trainer:
                     self._log(last)
                 if c.val and self.step % c.val_every == 0:
                     self._validate()
-                if self.step % c.checkpoint_every == 0 or self.step == end:
-                    self.save()
+                stopping = self._stop.is_set() and self.step < end
+                if self.step % c.checkpoint_every == 0 or self.step == end or stopping:
+                    saved = self.save()
+                if stopping:
+                    raise InterruptedRun(
+                        f"stopped at step {self.step} of {end}, saved as {saved.name}; continue "
+                        f"with: vostrack train --out {self.run_dir} --resume")
         finally:
             batches.close()
             bar.close()
