@@ -32,8 +32,12 @@ def with_settings(model: str, settings: list[str]) -> str:
     applied to the config."""
     from vostrack.registry import read_manifest, resolve_model
 
+    from vostrack.network.config import ModelConfig
+
     source = resolve_model(model).resolve()
     manifest = read_manifest(source)
+    # Through the config class, so that settings newer than the model's manifest have a value
+    manifest["config"] = ModelConfig.from_dict(manifest["config"]).to_dict()
     for setting in settings:
         key, _, value = setting.partition("=")
         *path, last = key.split(".")

@@ -61,6 +61,49 @@ def test_part_rows_and_state(network, clip):
     assert set(np.unique(masks[-1])) <= {0, 1, 2} and (masks[-1] == 2).any()
 
 
+def test_without_the_tracker_the_parts_follow_the_objects_mask(network, clip):
+    """The ``parts.track=False`` ablation: the graph leaves the boxes it is given, and the
+    propagator moves each object's reference parts with its predicted mask."""
+    import dataclasses
+
+    frames, labels = clip
+    config = network.config
+    network.config = dataclasses.replace(config, parts=dataclasses.replace(config.parts,
+                                                                           track=False))
+    try:
+        runtime = KerasRuntime(network)
+        given, moved = [], []
+        real_run = runtime.run
+
+        def spy(function, inputs):
+            out = real_run(function, inputs)
+            if function == "step":
+                given.append(inputs["part_boxes"])
+                moved.append(out["part_boxes"])
+            return out
+
+        runtime.run = spy
+        masks, states, reference = run(PartsPropagator(runtime), frames, labels)
+    finally:
+        network.config = config
+    for a, b in zip(given, moved):
+        np.testing.assert_array_equal(a, b)  # the graph does not track
+    parts = reference.parts
+    for t in (3, 5):  # after the second annotation: both objects' parts follow their masks
+        for k in (1, 2):
+            rows = (parts.object_ids == k) & parts.valid
+            mask = masks[t] == k
+            if not mask.any():
+                continue
+            ys, xs = np.nonzero(mask)
+            now = np.array([ys.mean(), xs.mean()]), np.sqrt(mask.sum())
+            then_cy, then_cx, then_side = parts.anchors[rows][0]
+            centres = lambda b: np.stack([b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], 1) / 2
+            expected = ((centres(parts.boxes[rows]) - [then_cy, then_cx]) * now[1] / then_side
+                        + now[0])
+            np.testing.assert_allclose(centres(states[t].part_boxes[rows]), expected, atol=1e-3)
+
+
 def test_frozen_graph_agrees_with_keras(network, clip, tmp_path):
     frames, labels = clip
     exported = export_model(network, tmp_path / "parts", "parts", saved_model=False)

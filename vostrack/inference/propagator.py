@@ -224,9 +224,10 @@ class PartsPropagator(MatchingPropagator):
             "templates": parts.templates, "ref_p4": parts.ref_p4, "ref_mask": parts.ref_mask,
             "part_object": parts.channels(reference.object_ids), "part_valid": parts.valid,
             "part_boxes": state.part_boxes, "prev_probs": state.prev_probs})
-        return (self._labels(out, reference.matching),
-                PartsState(self._remember(state.matching, out), out["part_boxes"],
-                           out["prev_probs"]))
+        labels = self._labels(out, reference.matching)
+        boxes = (out["part_boxes"] if self.parts_config.track
+                 else self._reseed(parts, labels, state.part_boxes))
+        return labels, PartsState(self._remember(state.matching, out), boxes, out["prev_probs"])
 
     # ------------------------------------------------------------------------ helpers
     def _working_labels(self, labels: np.ndarray) -> np.ndarray:
@@ -241,12 +242,14 @@ class PartsPropagator(MatchingPropagator):
         return (parts.boxes.astype(np.float32), parts.valid, np.full(n, k),
                 np.tile(_anchor(mask), (n, 1)))
 
-    def _reseed(self, parts: PartRows, labels: np.ndarray) -> np.ndarray:
+    def _reseed(self, parts: PartRows, labels: np.ndarray,
+                unseen: np.ndarray | None = None) -> np.ndarray:
         """Part boxes on a frame known only by its labels: each object's reference parts moved
         and scaled with the object (its centroid and the square root of its area). Parts made
-        on this very frame come back unchanged."""
+        on this very frame come back unchanged; the parts of an object not on the frame stay
+        where ``unseen`` has them (default: where they were made)."""
         work = self._working_labels(labels)
-        boxes = parts.boxes.copy()
+        boxes = (parts.boxes if unseen is None else unseen).copy()
         for k in np.unique(parts.object_ids):
             rows = parts.object_ids == k
             now = _anchor(work == k)
@@ -256,7 +259,7 @@ class PartsPropagator(MatchingPropagator):
             scale = now[2] / then[2]
             centre = np.array([then[0], then[1], then[0], then[1]], np.float32)
             moved = np.array([now[0], now[1], now[0], now[1]], np.float32)
-            boxes[rows] = (boxes[rows] - centre) * scale + moved
+            boxes[rows] = (parts.boxes[rows] - centre) * scale + moved
         return boxes
 
 

@@ -220,8 +220,15 @@ class VosNetwork(keras.Model):
         fine_hw = (pad_hw[0] // 4, pad_hw[1] // 4)
         objects = ops.cast(parts["part_object"], "int32")
         zeros = ops.zeros_like(objects)
-        tracked = self.tracker.track(out["key"][None], parts["templates"], parts["part_boxes"],
-                                     zeros, parts["part_valid"])
+        if self.config.parts.track:
+            tracked = self.tracker.track(out["key"][None], parts["templates"],
+                                         parts["part_boxes"], zeros, parts["part_valid"])
+        elif internals:
+            raise ValueError("parts.track=False is an inference-time ablation: the tracking "
+                             "loss needs the tracker")
+        else:
+            tracked = {"boxes": ops.cast(parts["part_boxes"], "float32"),
+                       "scores": ops.cast(parts["part_valid"], "float32")}
         windows = mask_windows(tracked["boxes"])
         head_inputs = crop_part_inputs(
             out, windows, zeros, objects, parts["prev_probs"][None], grid[None, ..., 1:],
