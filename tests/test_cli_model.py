@@ -68,6 +68,9 @@ def test_export_needs_exactly_one_source(tmp_path):
                                       "-o", str(tmp_path / "m")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "no part path" in result.stderr and not (tmp_path / "m").exists()
+    result = CliRunner().invoke(cli, ["export", "--config", str(matching), "--no-part-tracker",
+                                      "-o", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "--part-tracker: this model has no part path" in result.stderr
 
 
 def test_the_shipped_model_is_the_trained_one_on_real_video(tmp_path):

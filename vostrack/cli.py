@@ -400,10 +400,13 @@ def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_p
 @click.option("--max-parts", type=click.IntRange(min=1),
               help="Parts per object at inference (the weights do not depend on it; default: "
                    "the model's own).")
+@click.option("--part-tracker/--no-part-tracker", "track", default=None,
+              help="Move the parts with the Siamese tracker, or with their object's predicted "
+                   "mask (the weights do not depend on it; default: the model's own).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
            output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
-           max_parts: int | None, overwrite: bool) -> None:
+           max_parts: int | None, track: bool | None, overwrite: bool) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
     import dataclasses
     import json
@@ -420,12 +423,14 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
         raise VostrackError(f"{output_dir} already exists; use --overwrite to replace it")
 
     def inference_settings(config: ModelConfig) -> ModelConfig:
-        if max_parts is None:
+        settings = {k: v for k, v in (("max_parts", max_parts), ("track", track))
+                    if v is not None}
+        if not settings:
             return config
         if not config.parts:
-            raise VostrackError("--max-parts: this model has no part path")
-        return dataclasses.replace(config, parts=dataclasses.replace(config.parts,
-                                                                     max_parts=max_parts))
+            raise VostrackError(f"--{'max-parts' if max_parts else 'part-tracker'}: this model "
+                                "has no part path")
+        return dataclasses.replace(config, parts=dataclasses.replace(config.parts, **settings))
 
     if config_path is not None:
         try:

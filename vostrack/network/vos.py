@@ -109,6 +109,9 @@ class VosNetwork(keras.Model):
         self.step(frame, memory, (64, 64), (64, 64),
                   {**part, **{k: ref[k] for k in ("templates", "ref_p4", "ref_mask")},
                    "prev_probs": ref["prev_probs"]})
+        if not self.config.parts.track:  # unused, but the weights file keeps it: one file
+            self.tracker.track(ref["key"][None], ref["templates"], part["part_boxes"],
+                               np.zeros(1, np.int32), part["part_valid"])
 
     # ---------------------------------------------------------------- frames and masks
     def prepare_frame(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> Any:
