@@ -174,6 +174,8 @@ class PartsPropagator(MatchingPropagator):
 
     Parts are made once per object, on the first frame that annotates it (k-means on its mask,
     vostrack.network.parts); their templates and reference crops are kept for the whole video.
+    The tracker moves them from frame to frame, or with ``parts.track`` off the parts follow
+    their object's predicted mask (:meth:`_reseed` on each frame's labels).
     """
 
     def __init__(self, runtime: Runtime, name: str = "vostrack"):
