@@ -30,9 +30,8 @@ RGMP_ALL20 = (0.815, 0.820, 0.818)  # J, F, J&F as published
 def with_settings(model: str, settings: list[str]) -> str:
     """A temporary model folder: ``model``'s files (linked) and its manifest with ``settings``
     applied to the config."""
-    from vostrack.registry import read_manifest, resolve_model
-
     from vostrack.network.config import ModelConfig
+    from vostrack.registry import read_manifest, resolve_model
 
     source = resolve_model(model).resolve()
     manifest = read_manifest(source)

@@ -45,9 +45,10 @@ class PartsModelConfig:
     search_size: int = 18
     head_crop: int = 8  # mask head crops: s at P4, 2s at P3, 4s at P2 (part logits 4s x 4s)
     head_channels: int = 64
-    #: False, an inference-time ablation: the tracker does not move the parts; the propagator
-    #: places them on each frame from the object's last mask (moved and scaled with its
-    #: centroid and area, as on a re-seeded frame), each with weight 1.
+    #: False (inference only; the shipped model's setting, which measured better on DAVIS):
+    #: the tracker does not move the parts; the propagator places them on each frame from the
+    #: object's last mask (moved and scaled with its centroid and area, as on a re-seeded
+    #: frame), each with weight 1. Training always runs the tracker (its loss needs it).
     track: bool = True
 
 

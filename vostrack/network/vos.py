@@ -227,8 +227,8 @@ class VosNetwork(keras.Model):
             tracked = self.tracker.track(out["key"][None], parts["templates"],
                                          parts["part_boxes"], zeros, parts["part_valid"])
         elif internals:
-            raise ValueError("parts.track=False is an inference-time ablation: the tracking "
-                             "loss needs the tracker")
+            raise ValueError("parts.track=False is an inference setting: the tracking loss "
+                             "needs the tracker")
         else:
             tracked = {"boxes": ops.cast(parts["part_boxes"], "float32"),
                        "scores": ops.cast(parts["part_valid"], "float32")}

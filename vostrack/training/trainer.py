@@ -115,6 +115,9 @@ class TrainConfig:
             (self.workers >= 0 and self.devices >= 0, "workers and devices must be >= 0"),
             (self.precision in PRECISIONS,
              f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (not self.model.parts or self.model.parts.track,
+             "parts.track false is an inference setting (the tracking loss needs the tracker): "
+             "train with it and export with --no-part-tracker"),
         ]
         for ok, message in checks:
             if not ok:
