@@ -71,6 +71,15 @@ def test_export_needs_exactly_one_source(tmp_path):
     result = CliRunner().invoke(cli, ["export", "--config", str(matching), "--no-part-tracker",
                                       "-o", str(tmp_path / "m")])
     assert result.exit_code == 2 and "--part-tracker: this model has no part path" in result.stderr
+    # A training run's checkpoint is checked from its config, before anything is built or read
+    run = tmp_path / "run" / "checkpoints"
+    (run / "step_0000001").mkdir(parents=True)
+    (run / "latest").write_text("step_0000001\n")
+    (run / "step_0000001" / "state.json").write_text(json.dumps(
+        {"step": 1, "config": {"model": {"name": "m"}}}))
+    result = CliRunner().invoke(cli, ["export", "--checkpoint", str(tmp_path / "run"),
+                                      "--max-parts", "2", "-o", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "--max-parts: this model has no part path" in result.stderr
 
 
 def test_the_shipped_model_is_the_trained_one_on_real_video(tmp_path):

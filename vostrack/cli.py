@@ -439,10 +439,11 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
             raise VostrackError(f"cannot read config {config_path}: {exc}") from None
         network = VosNetwork(inference_settings(config), weights="imagenet")
     elif checkpoint is not None:
-        from vostrack.training.trainer import checkpoint_network
+        from vostrack.training.trainer import checkpoint_config, checkpoint_network
 
+        settings = inference_settings(checkpoint_config(checkpoint)[1].model)  # fails early
         network = checkpoint_network(checkpoint)
-        network.config = inference_settings(network.config)
+        network.config = settings
     else:
         model_dir = resolve_model(model)
         manifest = read_manifest(model_dir)

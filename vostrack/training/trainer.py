@@ -533,10 +533,8 @@ def open_run(run_dir: Path, config: TrainConfig | None, resume: bool,
     return Trainer(config, run_dir)
 
 
-def checkpoint_network(path: Path) -> Any:
-    """The network of a checkpoint (or of a run folder's latest one), for export."""
-    from vostrack.network.vos import VosNetwork
-
+def checkpoint_config(path: Path) -> tuple[Path, TrainConfig]:
+    """The checkpoint folder (a run folder stands for its latest one) and its training config."""
     path = Path(path)
     if (path / "checkpoints").is_dir():
         found = latest_checkpoint(path)
@@ -545,7 +543,15 @@ def checkpoint_network(path: Path) -> Any:
         path = found
     if not (path / "state.json").is_file():
         raise VostrackError(f"{path} is not a checkpoint (no state.json)")
-    config = TrainConfig.from_dict(json.loads((path / "state.json").read_text())["config"])
+    return path, TrainConfig.from_dict(json.loads((path / "state.json").read_text())["config"])
+
+
+def checkpoint_network(path: Path) -> Any:
+    """The network of a checkpoint (or of a run folder's latest one), for export. Built with the
+    config it was trained with: the arrays are assigned in variable order."""
+    from vostrack.network.vos import VosNetwork
+
+    path, config = checkpoint_config(path)
     network = VosNetwork(config.model, weights=None)
     Trainer._assign(network.variables, load_arrays(path, "network"), path)
     return network
