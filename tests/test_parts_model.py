@@ -103,9 +103,11 @@ def test_without_the_tracker_the_parts_follow_the_objects_mask(network, clip):
             masks, states, reference = run(PartsPropagator(runtime), frames, labels)
     finally:
         network.config = config
+    assert len(given) == len(frames) - 1
     for a, b in zip(given, moved):
         np.testing.assert_array_equal(a, b)  # the graph does not track
     parts = reference.parts
+    checked = 0
     for t in (3, 5):  # after the second annotation: both objects' parts follow their masks
         for k in (1, 2):
             rows = (parts.object_ids == k) & parts.valid
@@ -119,6 +121,8 @@ def test_without_the_tracker_the_parts_follow_the_objects_mask(network, clip):
             expected = ((centres(parts.boxes[rows]) - [then_cy, then_cx]) * now[1] / then_side
                         + now[0])
             np.testing.assert_allclose(centres(states[t].part_boxes[rows]), expected, atol=1e-3)
+            checked += 1
+    assert checked >= 2  # not vacuous: predicted masks were there to follow
 
 
 def test_frozen_graph_agrees_with_keras(network, clip, tmp_path):

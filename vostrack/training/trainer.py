@@ -386,10 +386,10 @@ class Trainer:
                 stopping = self._stop.is_set() and self.step < end
                 if self.step % c.checkpoint_every == 0 or self.step == end or stopping:
                     saved = self.save()
-                if stopping:
-                    raise InterruptedRun(
-                        f"stopped at step {self.step} of {end}, saved as {saved.name}; continue "
-                        f"with: vostrack train --out {self.run_dir} --resume")
+                    if stopping:
+                        raise InterruptedRun(
+                            f"stopped at step {self.step} of {end}, saved as {saved.name}; "
+                            f"continue with: vostrack train --out {self.run_dir} --resume")
         finally:
             batches.close()
             bar.close()
