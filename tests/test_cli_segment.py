@@ -216,6 +216,25 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     assert len(list(out.glob("*.png"))) == done
     assert not overlay.exists() and not list(tmp_path.glob(".overlay*"))
 
+    if how == "sigint":  # stopped again while the resumed run replays what was written
+        replayer = ColourPropagator()
+        real_encode = replayer.encode_reference
+
+        def encode_reference(frame, labels, previous=None):  # frame 0's, replayed
+            os.kill(os.getpid(), signal.SIGINT)
+            return real_encode(frame, labels, previous)
+
+        replayer.encode_reference = encode_reference
+        use(replayer)
+        earlier = summary
+        again = run(*args, overlay, "-o", out, "--resume")
+        assert again.exit_code == 130 and replayer.steps == 0, again.output
+        assert f"after {done} of 12" in again.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and summary["frames_done"] == done
+        assert summary["areas"] == earlier["areas"]
+        assert len(list(out.glob("*.png"))) == done and not overlay.exists()
+
     use(ColourPropagator())
     resumed = run(*args, overlay, "-o", out, "--resume")
     assert resumed.exit_code == 0, resumed.output

@@ -67,8 +67,8 @@ class SegmentRun:
         self.options = options
         job = _job_record(source, annotations,
                           model or {"name": getattr(propagator, "name", "?")})
-        self.start = (_resume_point(Path(options.output_dir), source, job, options)
-                      if options.resume else 0)
+        self.start, self._earlier = (_resume_point(Path(options.output_dir), source, job, options)
+                                     if options.resume else (0, {}))
         self.output_dir = _prepare_output_dir(options)
         if not options.resume:
             _refuse_or_clear_existing(self.output_dir, source, options)
@@ -98,13 +98,14 @@ class SegmentRun:
         started_at = time.perf_counter()
         try:
             for index, frame in enumerate(prefetch(source)):
-                if index < start:
+                if index < start:  # a resumed run's frames already written (annotated
+                    # ones are encoded again: a stop must not wait for all of them)
                     _replay(segmenter, writer, self.output_dir, source, index, frame, annotated,
                             is_last=index == start - 1, need_frame=overlay is not None)
-                    continue
-                labels = segmenter.step(frame, annotated.get(index))
-                writer.put(FrameResult(index, labels, frame if overlay else None))
-                bar.update(1)
+                else:
+                    labels = segmenter.step(frame, annotated.get(index))
+                    writer.put(FrameResult(index, labels, frame if overlay else None))
+                    bar.update(1)
                 if self._stop.is_set():
                     raise KeyboardInterrupt
             writer.close()
@@ -112,14 +113,18 @@ class SegmentRun:
             writer.abort()
             bar.close()
             interrupted = isinstance(exc, KeyboardInterrupt)
+            done = writer.frames_written
+            areas = _areas(writer)
+            if done < start:  # stopped while replaying: the earlier run's frames stay done
+                done, areas = start, self._earlier.get("areas", areas)
             summary.update(status="interrupted" if interrupted else "failed",
-                           frames_done=writer.frames_written, areas=_areas(writer))
+                           frames_done=done, areas=areas)
             if not interrupted:
                 summary["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             write_json(self.output_dir / SUMMARY_NAME, summary)
             if interrupted:
                 raise InterruptedRun(
-                    f"interrupted after {writer.frames_written} of {source.num_frames} frames; "
+                    f"interrupted after {done} of {source.num_frames} frames; "
                     f"run the same command with --resume to continue") from None
             raise
         bar.close()
@@ -200,7 +205,9 @@ def _refuse_or_clear_existing(out: Path, source: FrameSource, options: OutputOpt
         path.unlink()
 
 
-def _resume_point(out: Path, source: FrameSource, job: dict, options: OutputOptions) -> int:
+def _resume_point(out: Path, source: FrameSource, job: dict, options: OutputOptions
+                  ) -> tuple[int, dict]:
+    """The frames already written (every PNG from frame 0 on) and the earlier run's summary."""
     summary_path = out / SUMMARY_NAME
     if not summary_path.is_file():
         raise VostrackError(f"nothing to resume in {out}: no {SUMMARY_NAME} from an earlier run")
@@ -222,7 +229,7 @@ def _resume_point(out: Path, source: FrameSource, job: dict, options: OutputOpti
             break
         done += 1
     log.info("resuming after %d of %d frames", done, source.num_frames)
-    return done
+    return done, previous
 
 
 def prefetch(items: Iterable[T], depth: int = 4) -> Iterator[T]:
