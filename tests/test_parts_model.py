@@ -142,3 +142,19 @@ def test_frozen_graph_agrees_with_keras(network, clip, tmp_path):
     weights = [w.numpy() if hasattr(w, "numpy") else np.asarray(w) for w in reloaded.weights]
     assert len(weights) == len(network.weights)
     np.testing.assert_array_equal(weights[-1], np.asarray(network.weights[-1]))
+
+
+def test_a_batch_of_frames_encodes_as_each_frame_alone(network, clip):
+    # Training encodes all its clips' frames in one call (vostrack/training/clip_loss.py);
+    # inference, one frame at a time: the two must give the same features.
+    frames = clip[0][:3]
+    size = frames.shape[1:3]
+    together = network.batch_features(frames, size, size)
+    assert set(together) == {"key", "P2", "P3", "P4", "P5"}
+    for t in range(3):
+        alone = network.features(frames[t], size, size)
+        picked = network.frame_features(together, t)
+        for name, value in alone.items():
+            assert picked[name].shape == value.shape, name
+            np.testing.assert_allclose(np.asarray(picked[name]), np.asarray(value), atol=2e-4,
+                                       err_msg=name)

@@ -114,24 +114,35 @@ class VosNetwork(keras.Model):
                                np.zeros(1, np.int32), part["part_valid"])
 
     # ---------------------------------------------------------------- frames and masks
-    def prepare_frame(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> Any:
-        """uint8 (H, W, 3) RGB -> normalised (1, hp, wp, 3) at the working size."""
-        image = ops.expand_dims(ops.cast(frame, "float32") / 255.0, 0)
-        image = resize(image, work_hw, antialias=True)
+    def prepare_frames(self, frames: Any, work_hw: tuple, pad_hw: tuple) -> Any:
+        """uint8 (N, H, W, 3) RGB -> normalised (N, hp, wp, 3) at the working size."""
+        image = resize(ops.cast(frames, "float32") / 255.0, work_hw, antialias=True)
         image = _edge_pad_bottom_right(image, pad_hw[0] - work_hw[0], pad_hw[1] - work_hw[1])
         return self._normalize(image)
 
-    def features(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> dict[str, Any]:
-        """uint8 frame -> ``{"key": (h, w, C) L2-normalised matching key}``, plus the FPN's
-        ``P2..P5`` (1, H/s, W/s, C) when the part path is on."""
-        levels = self.encoder(self.prepare_frame(frame, work_hw, pad_hw))
+    def batch_features(self, frames: Any, work_hw: tuple, pad_hw: tuple) -> dict[str, Any]:
+        """uint8 frames (N, H, W, 3) -> ``{"key": (N, h, w, C) L2-normalised matching keys}``,
+        plus the FPN's ``P2..P5`` (N, H/s, W/s, C) when the part path is on. Training encodes
+        a batch of clips in one call (one backbone in the graph, not one per frame: it
+        compiles several times faster); :meth:`frame_features` picks one frame out."""
+        levels = self.encoder(self.prepare_frames(frames, work_hw, pad_hw))
         # Under a mixed policy the backbone and FPN compute in bfloat16; matching, the heads
         # and the losses take float32 (a no-op cast otherwise).
-        out = {"key": l2_normalize(ops.cast(levels[self.config.matching.level][0], "float32"))}
+        out = {"key": l2_normalize(ops.cast(levels[self.config.matching.level], "float32"))}
         if self.config.parts:
             pyramid = self.fpn({k: levels[k] for k in ("C2", "C3", "C4", "C5")})
             out.update({k: ops.cast(v, "float32") for k, v in pyramid.items()})
         return out
+
+    @staticmethod
+    def frame_features(features: dict[str, Any], index: int) -> dict[str, Any]:
+        """Frame ``index`` of :meth:`batch_features`, as :meth:`features` gives it."""
+        return {k: v[index] if k == "key" else v[index:index + 1] for k, v in features.items()}
+
+    def features(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> dict[str, Any]:
+        """uint8 frame (H, W, 3) -> ``{"key": (h, w, C) L2-normalised matching key}``, plus the
+        FPN's ``P2..P5`` (1, H/s, W/s, C) when the part path is on."""
+        return self.frame_features(self.batch_features(frame[None], work_hw, pad_hw), 0)
 
     def encode_frame(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> Any:
         """uint8 frame -> (h, w, C) L2-normalised matching key."""
@@ -160,7 +171,8 @@ class VosNetwork(keras.Model):
 
     # ------------------------------------------------------------- the two graph functions
     def encode_reference(self, frame: Any, probs: Any, work_hw: tuple, pad_hw: tuple,
-                         parts: dict[str, Any] | None = None) -> dict[str, Any]:
+                         parts: dict[str, Any] | None = None,
+                         features: dict[str, Any] | None = None) -> dict[str, Any]:
         """An annotated (or otherwise known) frame and its object probabilities (H, W, K+1) ->
         ``{"key": (h, w, C), "grid": (h, w, K+1)}``: its entry in the memory.
 
@@ -169,8 +181,10 @@ class VosNetwork(keras.Model):
         parts to encode, and the outputs add their ``templates`` (N, T, T, C), ``ref_p4``,
         ``ref_mask`` (the mask head's reference crops) and ``prev_probs`` (H/4, W/4, K): the
         objects on the stride-4 grid, the state the next step starts from.
+
+        ``features``: the frame's :meth:`features`, when already computed (training).
         """
-        out = self.features(frame, work_hw, pad_hw)
+        out = features if features is not None else self.features(frame, work_hw, pad_hw)
         result = {"key": out["key"], "grid": self.encode_mask(probs, work_hw, pad_hw)}
         if not self.config.parts:
             return result
@@ -184,7 +198,8 @@ class VosNetwork(keras.Model):
         return result
 
     def step(self, frame: Any, memory: dict[str, Any], work_hw: tuple, pad_hw: tuple,
-             parts: dict[str, Any] | None = None, internals: bool = False) -> dict[str, Any]:
+             parts: dict[str, Any] | None = None, internals: bool = False,
+             features: dict[str, Any] | None = None) -> dict[str, Any]:
         """The next frame against the memory -> ``{"index": (H, W) int32 label index into
         [background, objects...], "grid": (h, w, K+1), "key": (h, w, C)}``; grid and key are
         the frame's entry in the memory.
@@ -203,14 +218,15 @@ class VosNetwork(keras.Model):
         ``internals`` (training) adds what the losses need: ``logits`` whose softmax is the
         final [background, objects] probability, on the stride-4 grid (stride 16 without the
         part path); with the part path also ``part_logits``, the mask ``windows`` and the
-        tracker's ``response``, ``offsets`` and ``search_windows``.
+        tracker's ``response``, ``offsets`` and ``search_windows``. ``features`` as in
+        :meth:`encode_reference`.
         """
         m = self.config.matching
-        out = self.features(frame, work_hw, pad_hw)
+        out = features if features is not None else self.features(frame, work_hw, pad_hw)
         grid = propagate_labels(out["key"], memory["reference_keys"], memory["reference_probs"],
                                 memory["reference_valid"], memory["recent_keys"],
                                 memory["recent_probs"], memory["recent_valid"],
-                                m.local_radius, m.top_k, m.temperature)
+                                m.local_radius, m.top_k, m.temperature, m.reference_share)
         frame_hw = tuple(ops.shape(frame)[:2])
         if not self.config.parts:
             probs = self.grid_to_frame(grid, frame_hw, work_hw)

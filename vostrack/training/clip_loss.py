@@ -3,9 +3,10 @@
 A clip is frame 0 (the reference, with its ground-truth mask and parts) and frames 1..T-1,
 segmented in turn by the very per-frame functions that inference uses
 (:meth:`VosNetwork.encode_reference` and :meth:`VosNetwork.step`), so training optimises what
-runs. Frame t reads the reference and the frames before it (their predicted memory entries, as at
-inference). The tracker searches around the parts' ground-truth boxes of frame t-1 (teacher
-forcing, as SiamFC trains on pairs); the mask head then works on the windows it tracked.
+runs (only the backbone and FPN run once, on all the batch's frames together). Frame t reads
+the reference and the frames before it (their predicted memory entries, as at inference). The
+tracker searches around the parts' ground-truth boxes of frame t-1 (teacher forcing, as SiamFC
+trains on pairs); the mask head then works on the windows it tracked.
 
 keras.ops only: the same code is differentiated by TF (GradientTape) and JAX (jax.grad).
 """
@@ -51,6 +52,12 @@ def clip_loss(network: Any, batch: dict[str, Any], weights: LossWeights = LossWe
     parts_on = bool(network.config.parts)
     stride = 4 if parts_on else network.stride
     totals: dict[str, list] = {"mask": [], "part": [], "track": []}
+    every = network.batch_features(ops.reshape(frames, (num_clips * num_frames,) + size + (3,)),
+                                   size, size)
+
+    def features(b: int, t: int) -> dict[str, Any]:
+        return network.frame_features(every, b * num_frames + t)
+
     for b in range(num_clips):
         object_valid = batch["object_valid"][b]
         max_parts = int(batch["part_boxes"].shape[3])
@@ -62,7 +69,7 @@ def clip_loss(network: Any, batch: dict[str, Any], weights: LossWeights = LossWe
         parts = ({"part_boxes": ref_boxes, "part_object": part_object, "part_valid": ref_valid}
                  if parts_on else None)
         ref = network.encode_reference(frames[b, 0], _one_hot(labels[b, 0], num_objects), size,
-                                       size, parts)
+                                       size, parts, features=features(b, 0))
         keys, grids = [ref["key"]], [ref["grid"]]
         prev_probs = ref.get("prev_probs")
         for t in range(1, num_frames):
@@ -80,7 +87,8 @@ def clip_loss(network: Any, batch: dict[str, Any], weights: LossWeights = LossWe
                     "part_valid": ref_valid, "prev_probs": prev_probs,
                     # where a part was not seen on t-1, search around its reference box
                     "part_boxes": ops.where(prev_valid[:, None], prev_boxes, ref_boxes)}
-            out = network.step(frames[b, t], memory, size, size, step_parts, internals=True)
+            out = network.step(frames[b, t], memory, size, size, step_parts, internals=True,
+                               features=features(b, t))
             keys.append(out["key"])
             grids.append(out["grid"])
             offset = stride - 1  # cell i of a stride-s grid is centred on pixel s*i + s - 1
