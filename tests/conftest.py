@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -129,7 +133,18 @@ def jax_env() -> dict[str, str]:
     repo = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (extra, repo, os.environ.get("PYTHONPATH", "")) if p)
     return dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-                PYTHONPATH=path)
+                PYTHONPATH=path, **_jax_cache())
+
+
+@functools.cache
+def _jax_cache() -> dict[str, str]:
+    """One XLA compilation cache for this test session's JAX subprocesses: each builds the
+    network, whose first run compiles every op on its own (~900 small programs, 30-40 s on
+    these CPUs), and later processes find them compiled. Fresh for every session."""
+    folder = tempfile.mkdtemp(prefix="vostrack-jax-cache-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return {"JAX_COMPILATION_CACHE_DIR": folder, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def run_on_jax(script: str, workdir: Path, timeout: float = 180) -> subprocess.CompletedProcess:
