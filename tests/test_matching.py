@@ -79,3 +79,28 @@ def test_votes_of_frames_that_never_saw_an_object_do_not_count_against_it():
     everyone_knows = np.array([[[1.0, 0.0, 0.0], [0.0, 0.2, 0.8]]], np.float32)
     np.testing.assert_allclose(ops.convert_to_numpy(read_votes(weights, everyone_knows))[0],
                                [0.5, 0.1, 0.4], atol=1e-6)  # = sum_j w_j p_j, as before
+
+
+def test_a_reference_share_mixes_the_two_groups_own_reads():
+    rng = np.random.default_rng(1)
+    h, w, c, k1 = 4, 5, 8, 3
+    unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+    query = unit(rng.normal(size=(h, w, c))).astype(np.float32)
+    keys = unit(rng.normal(size=(3, h, w, c))).astype(np.float32)
+    probs = rng.dirichlet(np.ones(k1), size=(3, h, w)).astype(np.float32)
+    local = np.array([False, True, True])
+    on = np.array([True, True, True])
+
+    def share(s, recent_valid=on[1:]):
+        return ops.convert_to_numpy(propagate_labels(
+            query, keys[:1], probs[:1], on[:1], keys[1:], probs[1:], recent_valid, radius=1,
+            top_k=3, temperature=0.1, reference_share=s))
+
+    alone_ref = naive_propagation(query, keys, probs, local, [True, False, False], 1, 3, 0.1)
+    alone_recent = naive_propagation(query, keys, probs, local, [False, True, True], 1, 3, 0.1)
+    np.testing.assert_allclose(share(0.3), 0.3 * alone_ref + 0.7 * alone_recent, atol=1e-5)
+    np.testing.assert_allclose(share(1.0), alone_ref, atol=1e-5)
+    # No recent frame yet: the annotated frames' read alone, whatever the share.
+    np.testing.assert_allclose(share(0.3, np.array([False, False])), alone_ref, atol=1e-5)
+    together = naive_propagation(query, keys, probs, local, on, 1, 3, 0.1)
+    assert np.abs(share(0.3) - together).max() > 1e-2  # not the single top-k's read

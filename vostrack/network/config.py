@@ -31,6 +31,10 @@ class MatchingConfig:
     #: Annotated frames kept in memory (searched over the whole frame); the first is never
     #: dropped, later ones replace the oldest non-first.
     max_references: int = 4
+    #: None: the ``top_k`` best matches over annotated and recent frames together vote. A
+    #: number in [0, 1]: each group votes on its own and the annotated frames' read weighs
+    #: this much (see vostrack.network.matching.propagate_labels).
+    reference_share: float | None = None
 
 
 @dataclass(frozen=True)

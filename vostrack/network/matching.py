@@ -38,13 +38,19 @@ def window_indices(height: Any, width: Any, radius: int) -> tuple[Any, Any]:
 
 def propagate_labels(query: Any, reference_keys: Any, reference_probs: Any, reference_valid: Any,
                      recent_keys: Any, recent_probs: Any, recent_valid: Any, radius: int,
-                     top_k: int, temperature: float) -> Any:
+                     top_k: int, temperature: float, reference_share: float | None = None
+                     ) -> Any:
     """Object probabilities of each query cell.
 
     query (h, w, C) L2-normalised; reference_* : R annotated frames, searched globally;
     recent_* : P previous frames, searched within the window. keys (N, h, w, C), probs
     (N, h, w, K+1) with the background first, valid (N,) bool (False for padding entries).
     Returns (h, w, K+1), rows summing to 1.
+
+    ``reference_share`` None: one top-k over both groups (the recent frames, closer in look,
+    win most of the votes). A number: each group votes on its own and the two reads are mixed
+    with that weight on the annotated frames, so that they keep a say however much the recent
+    memory (written from the network's own, possibly wrong, masks) resembles the query.
     """
     shape = ops.shape(query)
     height, width, channels = shape[0], shape[1], shape[2]
@@ -74,11 +80,15 @@ def propagate_labels(query: Any, reference_keys: Any, reference_probs: Any, refe
     local_probs = ops.reshape(ops.transpose(local_probs, (1, 0, 2, 3)),
                               (cells, num_recent * window, num_classes))
 
+    if reference_share is not None:
+        ref_read, ref_any = _vote(global_aff, global_probs, top_k, temperature)
+        recent_read, recent_any = _vote(local_aff, local_probs, top_k, temperature)
+        a, b = reference_share * ref_any, (1.0 - reference_share) * recent_any
+        mixed = (a * ref_read + b * recent_read) / ops.maximum(a + b, 1e-12)
+        return ops.reshape(mixed, (height, width, num_classes))
+
     values, chosen = ops.top_k(ops.concatenate([global_aff, local_aff], axis=1), top_k)
-    weights = ops.softmax(values / temperature, axis=-1)
-    # Candidates that are not allowed (fewer than top_k allowed ones) must not vote at all.
-    weights = ops.where(values > _DISALLOWED / 2, weights, 0.0)
-    weights = weights / (ops.sum(weights, axis=-1, keepdims=True) + 1e-12)
+    weights = _vote_weights(values, temperature)
     num_global = num_ref * cells
     from_global = ops.take(global_probs, ops.clip(chosen, 0, num_global - 1), axis=0)
     from_local = ops.take_along_axis(
@@ -86,6 +96,26 @@ def propagate_labels(query: Any, reference_keys: Any, reference_probs: Any, refe
         axis=1)
     votes = ops.where(ops.expand_dims(chosen < num_global, -1), from_global, from_local)
     return ops.reshape(read_votes(weights, votes), (height, width, num_classes))
+
+
+def _vote_weights(values: Any, temperature: float) -> Any:
+    weights = ops.softmax(values / temperature, axis=-1)
+    # Candidates that are not allowed (fewer than top_k allowed ones) must not vote at all.
+    weights = ops.where(values > _DISALLOWED / 2, weights, 0.0)
+    return weights / (ops.sum(weights, axis=-1, keepdims=True) + 1e-12)
+
+
+def _vote(affinity: Any, probs: Any, top_k: int, temperature: float) -> tuple[Any, Any]:
+    """One group's read: affinity (cells, M) over candidates whose probabilities are probs,
+    (M, K+1) shared by every query or (cells, M, K+1) per query -> ((cells, K+1) read,
+    (cells, 1) 1.0 where the query had an allowed candidate in the group, else 0.0)."""
+    values, chosen = ops.top_k(affinity, top_k)
+    if len(probs.shape) == 2:
+        votes = ops.take(probs, chosen, axis=0)
+    else:
+        votes = ops.take_along_axis(probs, ops.expand_dims(chosen, -1), axis=1)
+    allowed = ops.cast(values[:, :1] > _DISALLOWED / 2, "float32")
+    return read_votes(_vote_weights(values, temperature), votes), allowed
 
 
 def read_votes(weights: Any, votes: Any) -> Any:
