@@ -176,6 +176,8 @@ def test_train_with_a_bad_config(tmp_path):
          "warmup_steps (50) must lie in 0..steps (10)"),
         ("untracked.json", '{"model": {"name": "m", "parts": {"track": false}}}',
          "export with --no-part-tracker"),
+        ("share.json", '{"model": {"name": "m", "matching": {"reference_share": 2}}}',
+         "matching.reference_share must lie in 0..1"),
         # YAML configs are read as such: their keys reach the same validation
         ("odd.yaml", "steps: 10\nwarmup_stepz: 5\n", "unknown training option(s): warmup_stepz"),
         ("bad.yaml", "steps: [10\n", "not valid YAML"),

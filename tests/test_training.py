@@ -37,8 +37,17 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
     trainer = open_run(tmp_path / "run", dataclasses.replace(TINY, steps=8, checkpoint_every=8),
                        resume=False)
     batch = {k: v for k, v in trainer.loader.batch_at_step(0).items() if k != "source"}
-    trainer.loader.batch_at_step = lambda step: batch
     before = float(clip_loss(trainer.network, batch)[0])
+    # Every term is a mean over the (clip, frame) steps, so two clips' loss is the mean of each
+    # one's: it holds only if each clip's steps read their own frames' features (one backbone
+    # call encodes all the batch's frames).
+    other = {k: v for k, v in trainer.loader.batch_at_step(1).items() if k != "source"}
+    alone = float(clip_loss(trainer.network, other)[0])
+    pair = float(clip_loss(trainer.network, {k: np.concatenate([batch[k], other[k]])
+                                             for k in batch})[0])
+    assert abs(alone - before) > 1e-3 * before  # two different clips
+    np.testing.assert_allclose(pair, (before + alone) / 2, rtol=1e-4)
+    trainer.loader.batch_at_step = lambda step: batch
     trainer.train(progress=False)
     after = float(clip_loss(trainer.network, batch)[0])
     assert after < 0.9 * before, (before, after)

@@ -67,8 +67,9 @@ class SegmentRun:
         self.options = options
         job = _job_record(source, annotations,
                           model or {"name": getattr(propagator, "name", "?")})
-        self.start, self._earlier = (_resume_point(Path(options.output_dir), source, job, options)
-                                     if options.resume else (0, {}))
+        self.start, earlier = (_resume_point(Path(options.output_dir), source, job, options)
+                               if options.resume else (0, {}))
+        self._earlier_areas = earlier.get("areas")  # of the frames a resumed run replays
         self.output_dir = _prepare_output_dir(options)
         if not options.resume:
             _refuse_or_clear_existing(self.output_dir, source, options)
@@ -98,8 +99,7 @@ class SegmentRun:
         started_at = time.perf_counter()
         try:
             for index, frame in enumerate(prefetch(source)):
-                if index < start:  # a resumed run's frames already written (annotated
-                    # ones are encoded again: a stop must not wait for all of them)
+                if index < start:  # written by the stopped run; a stop need not wait for them
                     _replay(segmenter, writer, self.output_dir, source, index, frame, annotated,
                             is_last=index == start - 1, need_frame=overlay is not None)
                 else:
@@ -113,12 +113,14 @@ class SegmentRun:
             writer.abort()
             bar.close()
             interrupted = isinstance(exc, KeyboardInterrupt)
-            done = writer.frames_written
-            areas = _areas(writer)
+            done, areas = writer.frames_written, _areas(writer)
             if done < start:  # stopped while replaying: the earlier run's frames stay done
-                done, areas = start, self._earlier.get("areas", areas)
-            summary.update(status="interrupted" if interrupted else "failed",
-                           frames_done=done, areas=areas)
+                done, areas = start, self._earlier_areas
+            summary.update(status="interrupted" if interrupted else "failed", frames_done=done)
+            if areas is None:  # the earlier run was killed before it could count them
+                summary.pop("areas", None)
+            else:
+                summary["areas"] = areas
             if not interrupted:
                 summary["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             write_json(self.output_dir / SUMMARY_NAME, summary)

@@ -36,6 +36,14 @@ class MatchingConfig:
     #: this much (see vostrack.network.matching.propagate_labels).
     reference_share: float | None = None
 
+    def __post_init__(self) -> None:
+        share = self.reference_share
+        if share is not None and not 0.0 <= share <= 1.0:
+            from vostrack.errors import VostrackError
+
+            raise VostrackError(f"matching.reference_share must lie in 0..1 (or be null), "
+                                f"got {share}")
+
 
 @dataclass(frozen=True)
 class PartsModelConfig:

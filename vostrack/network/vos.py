@@ -123,8 +123,8 @@ class VosNetwork(keras.Model):
     def batch_features(self, frames: Any, work_hw: tuple, pad_hw: tuple) -> dict[str, Any]:
         """uint8 frames (N, H, W, 3) -> ``{"key": (N, h, w, C) L2-normalised matching keys}``,
         plus the FPN's ``P2..P5`` (N, H/s, W/s, C) when the part path is on. Training encodes
-        a batch of clips in one call (one backbone in the graph, not one per frame: it
-        compiles several times faster); :meth:`frame_features` picks one frame out."""
+        a batch of clips in one call (one backbone in the graph, not one per frame: its
+        step compiles ~40 % faster on TF); :meth:`frame_features` picks one frame out."""
         levels = self.encoder(self.prepare_frames(frames, work_hw, pad_hw))
         # Under a mixed policy the backbone and FPN compute in bfloat16; matching, the heads
         # and the losses take float32 (a no-op cast otherwise).
