@@ -1,6 +1,7 @@
 """Speed and memory of the per-frame step at 854x480 (frozen TF graph by default).
 
     python benchmarks/speed.py [--model default] [--runtime frozen] [--frames 60] [--objects 1 5]
+                               [--mirror | --no-mirror]
 
 Each configuration runs in its own process (so that peak RSS is its own): frames come from the
 procedural scene generator (streamed, like a video), the model sees the first frame's mask and
@@ -19,7 +20,7 @@ import sys
 import time
 
 
-def child(model: str, runtime: str, frames: int, objects: int) -> dict:
+def child(model: str, runtime: str, frames: int, objects: int, mirror: bool | None) -> dict:
     import numpy as np
 
     from vostrack.data.procedural import SceneConfig, iter_scene
@@ -27,7 +28,7 @@ def child(model: str, runtime: str, frames: int, objects: int) -> dict:
     from vostrack.registry import load_propagator
 
     with native_stderr_silenced():
-        propagator, info = load_propagator(model, runtime)
+        propagator, info = load_propagator(model, runtime, mirror)
     scene = iter_scene(SceneConfig(height=480, width=854, num_frames=frames,
                                    num_objects=objects, seed=1))
     frame, labels = next(scene)
@@ -39,7 +40,8 @@ def child(model: str, runtime: str, frames: int, objects: int) -> dict:
         _, state = propagator.step(frame, reference, state)
         times.append(time.perf_counter() - start)
     steady = np.array(times[3:])
-    return {"model": model, "runtime": runtime, "objects": objects, "frames": frames,
+    return {"model": model, "runtime": runtime, "mirror": info["mirror_average"],
+            "objects": objects, "frames": frames,
             "fps": round(1 / steady.mean(), 2), "median_step_ms": round(1000 * np.median(steady), 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
@@ -50,10 +52,13 @@ def main() -> None:
     parser.add_argument("--runtime", default="frozen", choices=["frozen", "keras"])
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
+                        help="average each frame with its mirror image (default: the model's)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.runtime, args.frames, args.objects[0])))
+        print(json.dumps(child(args.model, args.runtime, args.frames, args.objects[0],
+                               args.mirror)))
         return
     print(f"# {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
           f"python {platform.python_version()}")
@@ -61,7 +66,10 @@ def main() -> None:
     for objects in args.objects:
         out = subprocess.run([sys.executable, __file__, "--child", "--model", args.model,
                               "--runtime", args.runtime, "--frames", str(args.frames),
-                              "--objects", str(objects)], capture_output=True, text=True)
+                              "--objects", str(objects)]
+                             + ([] if args.mirror is None else
+                                ["--mirror" if args.mirror else "--no-mirror"]),
+                             capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(out.stderr[-2000:])
         r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -98,7 +98,7 @@ def double(monkeypatch):
     """Make every model name load the colour double (the network is not part of this test)."""
     propagator = ColourPropagator()
 
-    def load(name, runtime="frozen"):
+    def load(name, runtime="frozen", mirror=None):
         return propagator, {"name": name, "runtime": runtime, "kind": "test-double"}
 
     monkeypatch.setattr("vostrack.registry.load_propagator", load)

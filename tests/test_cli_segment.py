@@ -183,7 +183,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
 
     def use(propagator):
         monkeypatch.setattr("vostrack.registry.load_propagator",
-                            lambda name, runtime="frozen": (propagator, {"name": name}))
+                            lambda name, *_, **__: (propagator, {"name": name}))
 
     use(ColourPropagator())
     assert run(*args, tmp_path / "full.mp4", "-o", tmp_path / "full").exit_code == 0

@@ -88,7 +88,7 @@ def test_export_writes_a_complete_model_folder(exported):
     assert set(manifest["tensors"]["step"]["inputs"]) == {
         "frame", "reference_keys", "reference_probs", "reference_valid", "recent_keys",
         "recent_probs", "recent_valid"}
-    assert set(manifest["tensors"]["step"]["outputs"]) == {"index", "grid", "key"}
+    assert set(manifest["tensors"]["step"]["outputs"]) == {"index", "probs", "grid", "key"}
     assert not list(exported.parent.glob(".tiny*"))  # written aside, renamed into place
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString((exported / "frozen.pb").read_bytes())

@@ -126,14 +126,17 @@ def _stop_on_signals(job):
               help="Model name (see models/) or path to a model folder.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="frozen", show_default=True,
               help="Run the frozen TensorFlow graph, or the Keras model (any Keras backend).")
+@click.option("--mirror/--no-mirror", default=None,
+              help="Also segment each frame's mirror image and average the two (about twice "
+                   "the time; default: the model's own setting).")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True),
               help="Frame rate of the overlay (default: the video's, 24 for a frame folder).")
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int], output_dir: Path,
-            overlay: Path | None, model: str, runtime: str, fps: float | None, overwrite: bool,
-            resume: bool, quiet: bool) -> None:
+            overlay: Path | None, model: str, runtime: str, mirror: bool | None,
+            fps: float | None, overwrite: bool, resume: bool, quiet: bool) -> None:
     """Segment the objects given by --mask on every frame of INPUT (a video or a frame folder)."""
     from vostrack.inference.pipeline import OutputOptions, SegmentRun
     from vostrack.io.frames import open_frames
@@ -147,7 +150,7 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
     if overlay is not None and overlay.suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv"):
         raise VostrackError(f"overlay {overlay}: give an .mp4 file name")
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        propagator, model_info = load_propagator(model, runtime)
+        propagator, model_info = load_propagator(model, runtime, mirror)
     options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
     job = SegmentRun(source, annotations, propagator, options, model_info)
     if not quiet:
@@ -186,11 +189,14 @@ def _report_inputs(source, annotations, reader) -> None:
 @click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Without --results: the model to run.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="frozen", show_default=True)
+@click.option("--mirror/--no-mirror", default=None,
+              help="Also segment each frame's mirror image and average the two (about twice "
+                   "the time; default: the model's own setting).")
 @click.option("--overwrite", is_flag=True, help="Replace results already in --output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
              sequences: str | None, csv_path: Path | None, output_dir: Path | None, model: str,
-             runtime: str, overwrite: bool, quiet: bool) -> None:
+             runtime: str, mirror: bool | None, overwrite: bool, quiet: bool) -> None:
     """Score segmentations of a DAVIS tree with the official J and F measures."""
     from vostrack.evaluation.davis import DavisTree, score
 
@@ -203,7 +209,7 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
         if output_dir is None:
             output_dir = Path(tempfile.mkdtemp(prefix="vostrack-validate-"))
             click.echo(f"segmentations go to {output_dir}", err=True)
-        _segment_davis(tree, seqs, output_dir, model, runtime, overwrite, quiet)
+        _segment_davis(tree, seqs, output_dir, model, runtime, mirror, overwrite, quiet)
         results_dir = output_dir
     elif output_dir is not None:
         raise VostrackError("--output is where validate writes its own segmentations; "
@@ -216,14 +222,14 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
 
 
 def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime: str,
-                   overwrite: bool, quiet: bool) -> None:
+                   mirror: bool | None, overwrite: bool, quiet: bool) -> None:
     """Run the segment job on each sequence from its first annotated frame."""
     from vostrack.evaluation.segment_tree import segment_tree
     from vostrack.inference.quiet import native_stderr_silenced
     from vostrack.registry import load_propagator
 
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        propagator, model_info = load_propagator(model, runtime)
+        propagator, model_info = load_propagator(model, runtime, mirror)
     segment_tree(tree, seqs, propagator, output_dir, model_info, overwrite=overwrite,
                  progress=not quiet, announce=None if quiet else lambda s: click.echo(s, err=True))
 

@@ -58,8 +58,11 @@ def read_manifest(model_dir: Path) -> dict:
         raise VostrackError(f"model {model_dir}: unreadable {MANIFEST} ({exc})") from None
 
 
-def load_propagator(name: str, runtime: str = "frozen") -> tuple[Propagator, dict]:
-    """Load model ``name`` for ``runtime``; returns the propagator and a description of it."""
+def load_propagator(name: str, runtime: str = "frozen",
+                    mirror: bool | None = None) -> tuple[Propagator, dict]:
+    """Load model ``name`` for ``runtime``; returns the propagator and a description of it.
+    ``mirror``: average each frame with its mirror image (None: the model's own setting,
+    ``mirror_average`` of its config)."""
     if runtime not in RUNTIMES:
         raise VostrackError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     model_dir = resolve_model(name)
@@ -90,5 +93,11 @@ def load_propagator(name: str, runtime: str = "frozen") -> tuple[Propagator, dic
                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     info = {"name": name, "path": str(model_dir), "runtime": runtime, "format": fmt,
             "version": manifest.get("version"), "backbone": config.backbone}
-    propagator = PartsPropagator if config.parts else MatchingPropagator
-    return propagator(backend, name=name), info
+    propagator = (PartsPropagator if config.parts else MatchingPropagator)(backend, name=name)
+    mirror = config.mirror_average if mirror is None else mirror
+    if mirror:
+        from vostrack.inference.ensemble import MirroredPropagator
+
+        propagator = MirroredPropagator(propagator)
+    info["mirror_average"] = mirror
+    return propagator, info

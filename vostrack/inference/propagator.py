@@ -22,7 +22,7 @@ from vostrack.network.parts import PartsConfig, split_mask
 #: Config values read here, at run time: an exported graph follows its manifest for these, while
 #: every other value (top_k, temperature, window sizes...) is built into the graph at export.
 RUN_TIME_SETTINGS = frozenset({"matching.memory_frames", "matching.max_references",
-                               "parts.max_parts", "parts.min_part_area"})
+                               "parts.max_parts", "parts.min_part_area", "mirror_average"})
 
 
 class Runtime(Protocol):
@@ -92,8 +92,21 @@ class MatchingPropagator:
 
     def step(self, frame: np.ndarray, reference: MatchingReference,
              state: MatchingState) -> tuple[np.ndarray, MatchingState]:
-        out = self.runtime.run("step", {"frame": frame, **memory_inputs(reference, state)})
-        return self._labels(out, reference), self._remember(state, out)
+        out = self.run_step(frame, reference, state)
+        labels = label_map(out["index"], reference.object_ids)
+        return labels, self.advance(out, reference, state, labels)
+
+    # ``step`` in two halves, so that an ensemble (vostrack.inference.ensemble) can decide a
+    # frame's labels from several members' outputs before each member moves on.
+    def run_step(self, frame: np.ndarray, reference: MatchingReference,
+                 state: MatchingState) -> dict[str, np.ndarray]:
+        """The network's outputs on the next frame (``index``, ``probs``, ...)."""
+        return self.runtime.run("step", {"frame": frame, **memory_inputs(reference, state)})
+
+    def advance(self, out: dict[str, np.ndarray], reference: MatchingReference,
+                state: MatchingState, labels: np.ndarray) -> MatchingState:
+        """The state after a frame: ``out`` of :meth:`run_step`, ``labels`` as decided."""
+        return self._remember(state, out)
 
     def _extend(self, previous: MatchingReference | None, ids: tuple[int, ...],
                 encoded: MemoryFrame, frame: np.ndarray) -> MatchingReference:
@@ -107,9 +120,11 @@ class MatchingPropagator:
         recent = state.recent + (MemoryFrame(out["key"], out["grid"]),)
         return MatchingState(recent[-self.config.memory_frames:])
 
-    @staticmethod
-    def _labels(out: dict[str, np.ndarray], reference: MatchingReference) -> np.ndarray:
-        return np.array((0,) + reference.object_ids, dtype=np.uint8)[out["index"]]
+
+
+def label_map(index: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
+    """(H, W) indices into [background, *ids] -> uint8 object ids."""
+    return np.array((0,) + ids, dtype=np.uint8)[index]
 
 
 def one_hot(labels: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
@@ -218,18 +233,20 @@ class PartsPropagator(MatchingPropagator):
         return PartsState(MatchingState((entry,)), self._reseed(reference.parts, labels),
                           prev_probs)
 
-    def step(self, frame: np.ndarray, reference: PartsReference,
-             state: PartsState) -> tuple[np.ndarray, PartsState]:
+    def run_step(self, frame: np.ndarray, reference: PartsReference,
+                 state: PartsState) -> dict[str, np.ndarray]:
         parts = reference.parts
-        out = self.runtime.run("step", {
+        return self.runtime.run("step", {
             "frame": frame, **memory_inputs(reference.matching, state.matching),
             "templates": parts.templates, "ref_p4": parts.ref_p4, "ref_mask": parts.ref_mask,
             "part_object": parts.channels(reference.object_ids), "part_valid": parts.valid,
             "part_boxes": state.part_boxes, "prev_probs": state.prev_probs})
-        labels = self._labels(out, reference.matching)
+
+    def advance(self, out: dict[str, np.ndarray], reference: PartsReference,
+                state: PartsState, labels: np.ndarray) -> PartsState:
         boxes = (out["part_boxes"] if self.parts_config.track
-                 else self._reseed(parts, labels, state.part_boxes))
-        return labels, PartsState(self._remember(state.matching, out), boxes, out["prev_probs"])
+                 else self._reseed(reference.parts, labels, state.part_boxes))
+        return PartsState(self._remember(state.matching, out), boxes, out["prev_probs"])
 
     # ------------------------------------------------------------------------ helpers
     def _working_labels(self, labels: np.ndarray) -> np.ndarray:

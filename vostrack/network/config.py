@@ -75,6 +75,9 @@ class ModelConfig:
     pad_multiple: int = 32
     matching: MatchingConfig = field(default_factory=MatchingConfig)
     parts: PartsModelConfig | None = None
+    #: Run time: also segment each frame's mirror image (its own memory) and take the argmax of
+    #: the two probability maps averaged (vostrack.inference.ensemble); twice the time.
+    mirror_average: bool = False
 
     @property
     def stride(self) -> int:

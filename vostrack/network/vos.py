@@ -201,8 +201,9 @@ class VosNetwork(keras.Model):
              parts: dict[str, Any] | None = None, internals: bool = False,
              features: dict[str, Any] | None = None) -> dict[str, Any]:
         """The next frame against the memory -> ``{"index": (H, W) int32 label index into
-        [background, objects...], "grid": (h, w, K+1), "key": (h, w, C)}``; grid and key are
-        the frame's entry in the memory.
+        [background, objects...], "probs": (H, W, K+1) the probabilities it is the argmax of,
+        "grid": (h, w, K+1), "key": (h, w, C)}``; grid and key are the frame's entry in the
+        memory.
 
         ``memory``: the annotated frames (``reference_keys`` (R, h, w, C), ``reference_probs``
         (R, h, w, K+1), ``reference_valid`` (R,)), searched over the whole frame, and the recent
@@ -231,7 +232,7 @@ class VosNetwork(keras.Model):
         if not self.config.parts:
             probs = self.grid_to_frame(grid, frame_hw, work_hw)
             result = {"index": ops.cast(ops.argmax(probs, axis=-1), "int32"), "grid": grid,
-                      "key": out["key"]}
+                      "key": out["key"], "probs": probs}
             if internals:
                 result["logits"] = ops.log(ops.maximum(grid, 1e-7))
             return result
@@ -262,8 +263,10 @@ class VosNetwork(keras.Model):
                                            ops.transpose(coverage, (1, 2, 0)), prior[..., 1:])
         probs = soft_aggregate(objects_probs, axis=-1)  # (H/4, W/4, K+1)
         full = resize_aligned(probs[None], pad_hw, 4)[:, : work_hw[0], : work_hw[1]]
-        index = ops.argmax(resize(full, frame_hw)[0], axis=-1)
-        result = {"index": ops.cast(index, "int32"), "grid": self._pool_to_grid(probs),
+        frame_probs = resize(full, frame_hw)[0]
+        index = ops.argmax(frame_probs, axis=-1)
+        result = {"index": ops.cast(index, "int32"), "probs": frame_probs,
+                  "grid": self._pool_to_grid(probs),
                   "key": out["key"], "part_boxes": tracked["boxes"],
                   "part_scores": tracked["scores"], "prev_probs": objects_probs}
         if internals:
