@@ -163,10 +163,11 @@ def test_train_command_validation_ctrl_c_resume_and_export(tmp_path, monkeypatch
     assert manifest["config"]["parts"]["max_parts"] == 2 and (model / "frozen.pb").is_file()
     more = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "-o", str(model),
                                     "--no-saved-model", "--overwrite", "--max-parts", "3",
-                                    "--no-part-tracker"])
+                                    "--no-part-tracker", "--mirror"])
     assert more.exit_code == 0, more.output
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["config"]["parts"]["max_parts"] == 3
     assert manifest["config"]["parts"]["track"] is False
+    assert manifest["config"]["mirror_average"] is True
     assert b"tracker" not in (model / "frozen.pb").read_bytes()  # nor its weights there,
     assert b"tracker" in (model / "network.weights.h5").read_bytes()  # but kept here

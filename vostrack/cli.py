@@ -409,10 +409,14 @@ def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_p
 @click.option("--part-tracker/--no-part-tracker", "track", default=None,
               help="Move the parts with the Siamese tracker, or with their object's predicted "
                    "mask (the weights do not depend on it; default: the model's own).")
+@click.option("--mirror/--no-mirror", default=None,
+              help="Whether segment averages each frame with its mirror image unless told "
+                   "(a run-time setting; default: the model's own).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
            output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
-           max_parts: int | None, track: bool | None, overwrite: bool) -> None:
+           max_parts: int | None, track: bool | None, mirror: bool | None,
+           overwrite: bool) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
     import dataclasses
     import json
@@ -429,6 +433,8 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
         raise VostrackError(f"{output_dir} already exists; use --overwrite to replace it")
 
     def inference_settings(config: ModelConfig) -> ModelConfig:
+        if mirror is not None:
+            config = dataclasses.replace(config, mirror_average=mirror)
         settings = {k: v for k, v in (("max_parts", max_parts), ("track", track))
                     if v is not None}
         if not settings:
