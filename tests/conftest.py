@@ -1,4 +1,5 @@
-"""Shared fixtures: small generated videos and masks, and the network test double."""
+"""Shared fixtures: small generated videos and masks, the network test double, and a tiny real
+network (matching branch, ImageNet backbone) with its exported model folder."""
 
 from __future__ import annotations
 
@@ -23,6 +24,29 @@ from tests.doubles import ColourPropagator
 from vostrack.io.palette import write_label_png
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny_matching_config():
+    from vostrack.network.config import MatchingConfig, ModelConfig
+
+    return ModelConfig(name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3))
+
+
+@pytest.fixture(scope="session")
+def tiny_network():
+    """The tiny matching network (built once per session: several modules read it, none
+    changes it)."""
+    from vostrack.network.vos import VosNetwork
+
+    return VosNetwork(tiny_matching_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_network, tmp_path_factory) -> Path:
+    """``tiny_network`` exported: a complete model folder (frozen graph, SavedModel, weights)."""
+    from vostrack.serving.export import export_model
+
+    return export_model(tiny_network, tmp_path_factory.mktemp("models") / "tiny", "tiny")
 
 
 @pytest.fixture(autouse=True)

@@ -11,26 +11,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import tiny_matching_config
 from vostrack.data.procedural import SceneConfig, make_clip
 from vostrack.inference.propagator import MatchingPropagator
 from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
-from vostrack.network.config import MatchingConfig, ModelConfig, working_size
-from vostrack.network.vos import VosNetwork, load_network
+from vostrack.network.config import ModelConfig, working_size
+from vostrack.network.vos import load_network
 from vostrack.registry import read_manifest
 from vostrack.serving.export import (export_model, float32_constants, tf_working_size,
                                      to_half)
 
-TINY = ModelConfig(name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3))
+TINY = tiny_matching_config()
 
 
 @pytest.fixture(scope="module")
-def network():
-    return VosNetwork(TINY)
+def network(tiny_network):
+    return tiny_network
 
 
 @pytest.fixture(scope="module")
-def exported(network, tmp_path_factory):
-    return export_model(network, tmp_path_factory.mktemp("models") / "tiny", "tiny")
+def exported(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,6 @@ class MatchingPropagator:
         return MatchingState(recent[-self.config.memory_frames:])
 
 
-
 def label_map(index: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
     """(H, W) indices into [background, *ids] -> uint8 object ids."""
     return np.array((0,) + ids, dtype=np.uint8)[index]
