@@ -178,6 +178,12 @@ def test_train_with_a_bad_config(tmp_path):
          "export with --no-part-tracker"),
         ("share.json", '{"model": {"name": "m", "matching": {"reference_share": 2}}}',
          "matching.reference_share must lie in 0..1"),
+        ("topk.json", '{"model": {"name": "m", "matching": {"top_k": 0}}}',
+         "matching.top_k must be a whole number >= 1, got 0"),
+        ("parts.json", '{"model": {"name": "m", "parts": {"max_parts": 2.5}}}',
+         "parts.max_parts must be a whole number >= 1, got 2.5"),
+        ("pad.json", '{"model": {"name": "m", "pad_multiple": 16, "parts": {"max_parts": 2}}}',
+         "pad_multiple must be a positive multiple of 32"),
         # YAML configs are read as such: their keys reach the same validation
         ("odd.yaml", "steps: 10\nwarmup_stepz: 5\n", "unknown training option(s): warmup_stepz"),
         ("bad.yaml", "steps: [10\n", "not valid YAML"),

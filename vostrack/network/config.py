@@ -37,12 +37,18 @@ class MatchingConfig:
     reference_share: float | None = None
 
     def __post_init__(self) -> None:
+        _check("matching.level", self.level, self.level in ("C2", "C3", "C4", "C5"),
+               "be one of C2, C3, C4, C5")
+        _check_int("matching.top_k", self.top_k, 1)
+        _check("matching.temperature", self.temperature,
+               _is_number(self.temperature) and self.temperature > 0, "be a number above 0")
+        _check_int("matching.memory_frames", self.memory_frames, 1)
+        _check_int("matching.local_radius", self.local_radius, 0)
+        _check_int("matching.max_references", self.max_references, 1)
         share = self.reference_share
-        if share is not None and not 0.0 <= share <= 1.0:
-            from vostrack.errors import VostrackError
-
-            raise VostrackError(f"matching.reference_share must lie in 0..1 (or be null), "
-                                f"got {share}")
+        _check("matching.reference_share", share,
+               share is None or (_is_number(share) and 0.0 <= share <= 1.0),
+               "lie in 0..1 (or be null)")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,14 @@ class PartsModelConfig:
     #: frame), each with weight 1. Training always runs the tracker (its loss needs it).
     track: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("max_parts", "fpn_channels", "template_size", "head_crop", "head_channels"):
+            _check_int(f"parts.{name}", getattr(self, name), 1)
+        _check_int("parts.search_size", self.search_size, self.template_size)
+        _check("parts.min_part_area", self.min_part_area,
+               _is_number(self.min_part_area) and self.min_part_area >= 0, "be a number >= 0")
+        _check("parts.track", self.track, isinstance(self.track, bool), "be true or false")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -79,6 +93,19 @@ class ModelConfig:
     #: the two probability maps averaged (vostrack.inference.ensemble); twice the time.
     mirror_average: bool = False
 
+    def __post_init__(self) -> None:
+        side = self.working_short_side
+        _check("working_short_side", side,
+               side is None or (isinstance(side, int) and not isinstance(side, bool) and side >= 32),
+               "be a whole number >= 32 (or null: the frame's own size)")
+        # The deepest level in use must tile the padded frame (the FPN doubles C5 onto C4).
+        deepest = 32 if self.parts else self.stride
+        _check("pad_multiple", self.pad_multiple, isinstance(self.pad_multiple, int)
+               and self.pad_multiple > 0 and self.pad_multiple % deepest == 0,
+               f"be a positive multiple of {deepest}")
+        _check("mirror_average", self.mirror_average, isinstance(self.mirror_average, bool),
+               "be true or false")
+
     @property
     def stride(self) -> int:
         return 2 ** int(self.matching.level[1:])
@@ -92,6 +119,24 @@ class ModelConfig:
         matching = MatchingConfig(**data.pop("matching", {}))
         parts = data.pop("parts", None)
         return cls(matching=matching, parts=PartsModelConfig(**parts) if parts else None, **data)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    _check(name, value, isinstance(value, int) and not isinstance(value, bool)
+           and value >= minimum, f"be a whole number >= {minimum}")
+
+
+def _check(name: str, value: Any, ok: bool, must: str) -> None:
+    """A config value out of range is the user's error (a config file, ``--set``), and must be
+    a one-line message, not a graph error deep inside the first frame."""
+    if not ok:
+        from vostrack.errors import VostrackError
+
+        raise VostrackError(f"{name} must {must}, got {value!r}")
 
 
 def working_size(height: int, width: int, config: ModelConfig) -> tuple[int, int, int, int]:
