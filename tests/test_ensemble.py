@@ -35,8 +35,8 @@ class Recorder:
     def __init__(self, runtime):
         self.runtime, self.config, self.steps = runtime, runtime.config, []
 
-    def run(self, function, inputs):
-        out = self.runtime.run(function, inputs)
+    def run(self, function, inputs, skip=()):
+        out = self.runtime.run(function, inputs)  # everything: the test compares both
         if function == "step":
             self.steps.append(out)
         return out
@@ -107,6 +107,13 @@ def test_a_model_with_mirror_average_segments_through_the_cli(tiny_model, clip, 
     assert isinstance(propagator, MirroredPropagator) and info["mirror_average"] is True
     plain, info = load_propagator(str(model), mirror=False)  # segment --no-mirror
     assert isinstance(plain, MatchingPropagator) and info["mirror_average"] is False
+    # the frozen graph computes only what is fetched: a plain step leaves the probabilities out
+    reference = plain.encode_reference(frames[0], labels[0])
+    state = plain.initial_state(frames[0], labels[0], reference)
+    lean = plain.run_step(frames[1], reference, state)
+    full = plain.run_step(frames[1], reference, state, skip=())
+    assert "probs" not in lean and set(full) == set(lean) | {"probs"}
+    np.testing.assert_array_equal(lean["index"], np.argmax(full["probs"], -1))
 
     video = tmp_path / "frames"
     write_frame_folder(video, frames)  # PNG: the frames the CLI reads are these very pixels

@@ -42,7 +42,6 @@ class MirroredPropagator:
     def __init__(self, base: MatchingPropagator):
         self.base = base
         self.name = base.name
-        self.runtime = base.runtime
 
     def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
                          previous: Mirrored | None = None) -> Mirrored:
@@ -59,8 +58,10 @@ class MirroredPropagator:
 
     def step(self, frame: np.ndarray, reference: Mirrored,
              state: Mirrored) -> tuple[np.ndarray, Mirrored]:
-        plain = self.base.run_step(frame, reference.plain, state.plain)
-        mirrored = self.base.run_step(mirror(frame), reference.mirrored, state.mirrored)
+        # the members' probabilities decide; their own label maps are not needed
+        plain = self.base.run_step(frame, reference.plain, state.plain, skip=("index",))
+        mirrored = self.base.run_step(mirror(frame), reference.mirrored, state.mirrored,
+                                      skip=("index",))
         probs = plain["probs"] + mirrored["probs"][:, ::-1]
         labels = label_map(np.argmax(probs, axis=-1), reference.object_ids)
         return labels, Mirrored(

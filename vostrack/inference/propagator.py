@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Collection, Protocol
 
 import cv2
 import numpy as np
@@ -30,7 +30,9 @@ class Runtime(Protocol):
 
     config: ModelConfig
 
-    def run(self, function: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+    def run(self, function: str, inputs: dict[str, np.ndarray],
+            skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """The function's outputs on ``inputs``, but for those named in ``skip``."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +100,12 @@ class MatchingPropagator:
 
     # ``step`` in two halves, so that an ensemble (vostrack.inference.ensemble) can decide a
     # frame's labels from several members' outputs before each member moves on.
-    def run_step(self, frame: np.ndarray, reference: MatchingReference,
-                 state: MatchingState) -> dict[str, np.ndarray]:
-        """The network's outputs on the next frame (``index``, ``probs``, ...)."""
-        return self.runtime.run("step", {"frame": frame, **memory_inputs(reference, state)})
+    def run_step(self, frame: np.ndarray, reference: MatchingReference, state: MatchingState,
+                 skip: Collection[str] = ("probs",)) -> dict[str, np.ndarray]:
+        """The network's outputs on the next frame (``index``, ``probs``, ...), but ``skip``:
+        by default the probabilities, which only an ensemble reads."""
+        return self.runtime.run("step", {"frame": frame, **memory_inputs(reference, state)},
+                                skip)
 
     def advance(self, out: dict[str, np.ndarray], reference: MatchingReference,
                 state: MatchingState, labels: np.ndarray) -> MatchingState:
@@ -232,14 +236,14 @@ class PartsPropagator(MatchingPropagator):
         return PartsState(MatchingState((entry,)), self._reseed(reference.parts, labels),
                           prev_probs)
 
-    def run_step(self, frame: np.ndarray, reference: PartsReference,
-                 state: PartsState) -> dict[str, np.ndarray]:
+    def run_step(self, frame: np.ndarray, reference: PartsReference, state: PartsState,
+                 skip: Collection[str] = ("probs",)) -> dict[str, np.ndarray]:
         parts = reference.parts
         return self.runtime.run("step", {
             "frame": frame, **memory_inputs(reference.matching, state.matching),
             "templates": parts.templates, "ref_p4": parts.ref_p4, "ref_mask": parts.ref_mask,
             "part_object": parts.channels(reference.object_ids), "part_valid": parts.valid,
-            "part_boxes": state.part_boxes, "prev_probs": state.prev_probs})
+            "part_boxes": state.part_boxes, "prev_probs": state.prev_probs}, skip)
 
     def advance(self, out: dict[str, np.ndarray], reference: PartsReference,
                 state: PartsState, labels: np.ndarray) -> PartsState:

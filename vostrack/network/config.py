@@ -95,12 +95,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         side = self.working_short_side
-        _check("working_short_side", side,
-               side is None or (isinstance(side, int) and not isinstance(side, bool) and side >= 32),
+        _check("working_short_side", side, side is None or (_is_whole(side) and side >= 32),
                "be a whole number >= 32 (or null: the frame's own size)")
         # The deepest level in use must tile the padded frame (the FPN doubles C5 onto C4).
         deepest = 32 if self.parts else self.stride
-        _check("pad_multiple", self.pad_multiple, isinstance(self.pad_multiple, int)
+        _check("pad_multiple", self.pad_multiple, _is_whole(self.pad_multiple)
                and self.pad_multiple > 0 and self.pad_multiple % deepest == 0,
                f"be a positive multiple of {deepest}")
         _check("mirror_average", self.mirror_average, isinstance(self.mirror_average, bool),
@@ -125,9 +124,12 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    _check(name, value, isinstance(value, int) and not isinstance(value, bool)
-           and value >= minimum, f"be a whole number >= {minimum}")
+    _check(name, value, _is_whole(value) and value >= minimum, f"be a whole number >= {minimum}")
 
 
 def _check(name: str, value: Any, ok: bool, must: str) -> None:
