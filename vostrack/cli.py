@@ -138,7 +138,7 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
             overlay: Path | None, model: str, runtime: str, mirror: bool | None,
             fps: float | None, overwrite: bool, resume: bool, quiet: bool) -> None:
     """Segment the objects given by --mask on every frame of INPUT (a video or a frame folder)."""
-    from vostrack.inference.pipeline import OutputOptions, SegmentRun
+    from vostrack.inference.pipeline import OutputOptions, SegmentRun, preflight
     from vostrack.io.frames import open_frames
     from vostrack.io.masks import MaskReader, load_annotations
     from vostrack.inference.quiet import native_stderr_silenced
@@ -147,11 +147,10 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
     source = open_frames(input_path, fps=fps)
     reader = MaskReader()
     annotations = load_annotations(masks, mask_frames, source, reader)
-    if overlay is not None and overlay.suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv"):
-        raise VostrackError(f"overlay {overlay}: give an .mp4 file name")
+    options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
+    preflight(source, annotations, options)  # before the model: a refusal costs no wait
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
         propagator, model_info = load_propagator(model, runtime, mirror)
-    options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
     job = SegmentRun(source, annotations, propagator, options, model_info)
     if not quiet:
         _report_inputs(source, annotations, reader)
@@ -192,7 +191,8 @@ def _report_inputs(source, annotations, reader) -> None:
 @click.option("--mirror/--no-mirror", default=None,
               help="Also segment each frame's mirror image and average the two (about twice "
                    "the time; default: the model's own setting).")
-@click.option("--overwrite", is_flag=True, help="Replace results already in --output.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace results already in --output, and an existing --csv file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
              sequences: str | None, csv_path: Path | None, output_dir: Path | None, model: str,
@@ -202,6 +202,8 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
 
     if set_file and sequences:
         raise VostrackError("give --set or --sequences, not both")
+    if csv_path is not None:
+        _check_new_file(csv_path, "--csv", overwrite)
     tree = DavisTree(data_root)
     names = [s.strip() for s in sequences.split(",") if s.strip()] if sequences else None
     seqs = tree.sequences(set_file=set_file, names=names)
@@ -217,8 +219,24 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
     report = score(tree, results_dir, seqs)
     click.echo(report.table())
     if csv_path is not None:
-        report.write_csv(csv_path)
+        from vostrack.io.disk import write_failure
+
+        try:
+            report.write_csv(csv_path)
+        except OSError as exc:
+            raise write_failure(exc, csv_path) from None
         click.echo(f"wrote {csv_path}", err=True)
+
+
+def _check_new_file(path: Path, option: str, overwrite: bool) -> None:
+    """Refuse, before any work, an output file that cannot be written or would replace one."""
+    if path.is_dir():
+        raise VostrackError(f"{option} {path} is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise VostrackError(f"{option} {path} already exists; use --overwrite to replace it")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise VostrackError(f"{option} {path}: {parent} is a file, not a folder")
 
 
 def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime: str,
@@ -266,6 +284,17 @@ def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: 
           init: Path | None, val: Path | None, exclude: Sequence[str], precision: str | None,
           devices: int | None, workers: int | None, quiet: bool) -> None:
     """Train the network (on a GPU: KERAS_BACKEND=jax; see tools/train_on_device.sh)."""
+    from vostrack.inference.quiet import native_logs_silenced
+
+    with native_logs_silenced(not click.get_current_context().meta.get("vostrack.debug")):
+        _train(data, config_path, run_dir, resume, steps, batch_size, size, backbone, init, val,
+               exclude, precision, devices, workers, quiet)
+
+
+def _train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: bool,
+           steps: int | None, batch_size: int | None, size: int | None, backbone: str | None,
+           init: Path | None, val: Path | None, exclude: Sequence[str], precision: str | None,
+           devices: int | None, workers: int | None, quiet: bool) -> None:
     import dataclasses
 
     from vostrack.training.trainer import DataSpec, TrainConfig, open_run

@@ -15,3 +15,9 @@ class InterruptedRun(VostrackError):
     """The run was stopped (Ctrl-C); what was written can be resumed."""
 
     exit_code = 130
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name if it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

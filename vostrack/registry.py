@@ -13,9 +13,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vostrack.errors import VostrackError
+from vostrack.errors import VostrackError, first_line
 from vostrack.inference.contract import Propagator
+
+if TYPE_CHECKING:
+    from vostrack.network.config import ModelConfig
 
 DEFAULT_MODEL = "default"
 MANIFEST = "manifest.json"
@@ -53,9 +57,30 @@ def resolve_model(name: str) -> Path:
 
 def read_manifest(model_dir: Path) -> dict:
     try:
-        return json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((model_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise VostrackError(f"model {model_dir}: unreadable {MANIFEST} ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise VostrackError(f"model {model_dir}: {MANIFEST} must hold a mapping, not "
+                            f"{type(manifest).__name__}")
+    return manifest
+
+
+def manifest_config(model_dir: Path, manifest: dict) -> "ModelConfig":
+    """The model config a manifest records, or a one-line error naming what is wrong."""
+    from vostrack.network.config import ModelConfig
+
+    values = manifest.get("config")
+    if not isinstance(values, dict):
+        raise VostrackError(f"model {model_dir}: the config in {MANIFEST} must be a mapping, "
+                            f"not {type(values).__name__}")
+    try:
+        return ModelConfig.from_dict(values)
+    except VostrackError as exc:
+        raise VostrackError(f"model {model_dir}: {MANIFEST}: {exc}") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise VostrackError(f"model {model_dir}: invalid config in {MANIFEST} "
+                            f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def load_propagator(name: str, runtime: str = "frozen",
@@ -73,11 +98,15 @@ def load_propagator(name: str, runtime: str = "frozen",
     if fmt != FORMAT:
         raise VostrackError(f"model {name!r} has format {fmt!r}, which this version of vostrack "
                             "cannot run")
-    from vostrack.inference.propagator import MatchingPropagator, PartsPropagator
-    from vostrack.network.config import ModelConfig
+    from google.protobuf.message import DecodeError
 
-    config = ModelConfig.from_dict(manifest["config"])
+    from vostrack.inference.propagator import MatchingPropagator, PartsPropagator
+
+    config = manifest_config(model_dir, manifest)
     files = manifest.get("files", {})
+    if not isinstance(files, dict) or not isinstance(manifest.get("tensors", {}), dict):
+        raise VostrackError(f"model {name!r} in {model_dir}: {MANIFEST} is damaged "
+                            "(files and tensors must be mappings)")
     try:
         if runtime == "frozen":
             from vostrack.inference.runtimes import FrozenRuntime
@@ -88,9 +117,9 @@ def load_propagator(name: str, runtime: str = "frozen",
             from vostrack.network.vos import load_network
 
             backend = KerasRuntime(load_network(model_dir, config, files["keras_weights"]))
-    except (KeyError, OSError, ValueError) as exc:
+    except (KeyError, OSError, ValueError, TypeError, DecodeError) as exc:
         raise VostrackError(f"model {name!r} in {model_dir} is incomplete or damaged "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+                            f"({type(exc).__name__}: {first_line(exc)})") from None
     info = {"name": name, "path": str(model_dir), "runtime": runtime, "format": fmt,
             "version": manifest.get("version"), "backbone": config.backbone}
     propagator = (PartsPropagator if config.parts else MatchingPropagator)(backend, name=name)

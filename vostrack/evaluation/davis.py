@@ -25,7 +25,7 @@ import numpy as np
 
 from vostrack.errors import VostrackError
 from vostrack.evaluation.metrics import boundary_f, jaccard, statistics
-from vostrack.io.atomic import atomic_path
+from vostrack.io.atomic import atomic_write
 from vostrack.io.palette import read_label_png
 
 __all__ = [
@@ -339,9 +339,8 @@ class Report:
         """Write the per-object CSV atomically (a reader never sees half a file)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "w", encoding="utf-8", newline="") as handle:
-                csv.writer(handle, lineterminator="\n").writerows(self.csv_rows())
+        with atomic_write(path, "w", encoding="utf-8", newline="") as handle:
+            csv.writer(handle, lineterminator="\n").writerows(self.csv_rows())
 
     def as_dict(self) -> dict:
         """A JSON-ready summary (e.g. for :func:`vostrack.io.atomic.write_json`)."""

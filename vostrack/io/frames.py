@@ -16,10 +16,26 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from vostrack.errors import VostrackError
 
 log = logging.getLogger(__name__)
+EXIF_ORIENTATION = 0x0112
+
+
+class _ToDebug(logging.Handler):
+    """imageio-ffmpeg warns through its own logger, which reaches stderr through logging's last
+    resort when nothing handles it: e.g. "frame size ... is different from the source frame
+    size" on every rotated video, which is expected (frames come upright). Its records go to
+    vostrack's debug log instead."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("imageio-ffmpeg: %s", record.getMessage())
+
+
+logging.getLogger("imageio_ffmpeg").addHandler(_ToDebug())
+logging.getLogger("imageio_ffmpeg").propagate = False
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -43,6 +59,7 @@ class FrameSource:
     fps: float
     frame_names: tuple[str, ...]  # one per frame; output masks are named <name>.png
     frame_files: tuple[Path, ...] = ()  # for a folder: the image of each frame
+    variable_rate: bool = False  # a video whose frames are not evenly spaced in time
 
     @property
     def num_frames(self) -> int:
@@ -63,7 +80,7 @@ class FrameSource:
     def _iter_folder(self) -> Iterator[np.ndarray]:
         for file in self.frame_files:
             frame = read_image_rgb(file)
-            if frame.shape[:2] != (self.height, self.width):
+            if frame.shape[:2] != (self.height, self.width):  # changed since it was opened
                 raise VostrackError(
                     f"{file}: frame is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
                     f"{self.width}x{self.height}; all frames of a folder must have one size")
@@ -125,9 +142,30 @@ def _open_folder(folder: Path, fps: float | None) -> FrameSource:
                             "output masks are named after frames, so names must be unique")
     first = read_image_rgb(files[0])
     height, width = first.shape[:2]
+    for file in files[1:]:
+        size = image_size(file)
+        if size != (height, width):
+            raise VostrackError(
+                f"{file}: frame is {size[1]}x{size[0]} but the first frame ({files[0].name}) "
+                f"is {width}x{height}; all frames of a folder must have one size")
     return FrameSource(path=folder, kind="frames", width=width, height=height,
                        fps=float(fps or DEFAULT_FOLDER_FPS), frame_names=tuple(stems),
                        frame_files=tuple(files))
+
+
+def image_size(file: Path) -> tuple[int, int]:
+    """(height, width) of an image as :func:`read_image_rgb` will return it, from its header
+    (cheap: no decoding), or a one-line error if it is not a readable image."""
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+            # OpenCV applies the EXIF orientation when decoding: 5-8 swap the sides.
+            if image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            return height, width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass
+    return read_image_rgb(file).shape[:2]  # a format only OpenCV reads: decode it
 
 
 def read_image_rgb(file: Path) -> np.ndarray:
@@ -142,7 +180,7 @@ def read_image_rgb(file: Path) -> np.ndarray:
 def _open_video(path: Path, fps: float | None) -> FrameSource:
     import imageio_ffmpeg
 
-    num_frames = _probe_frame_count(path)
+    num_frames, variable_rate = _probe_video(path)
     try:
         reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
         meta = next(reader)
@@ -154,11 +192,12 @@ def _open_video(path: Path, fps: float | None) -> FrameSource:
     digits = max(5, len(str(num_frames - 1)))
     names = tuple(f"{i:0{digits}d}" for i in range(num_frames))
     return FrameSource(path=path, kind="video", width=int(width), height=int(height), fps=rate,
-                       frame_names=names)
+                       frame_names=names, variable_rate=variable_rate)
 
 
-def _probe_frame_count(path: Path) -> int:
-    """Count the video frames by demuxing the file once (no decoding: fast).
+def _probe_video(path: Path) -> tuple[int, bool]:
+    """Count the video frames by demuxing the file once (no decoding: fast), and tell whether
+    their timestamps are unevenly spaced (a variable frame rate).
 
     ffmpeg exits 0 on a truncated file and only says so on stderr, so the error lines are
     checked here; a damaged video is refused before any work is done rather than segmented
@@ -166,8 +205,9 @@ def _probe_frame_count(path: Path) -> int:
     """
     import imageio_ffmpeg
 
+    # framecrc lists every packet with its timestamps on stdout; -stats counts them on stderr.
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-stats",
-           "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+           "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -185,7 +225,25 @@ def _probe_frame_count(path: Path) -> int:
         log.warning("%s: ffmpeg: %s", path.name, _strip_ffmpeg_prefix(line))
     if counts[-1] == 0:
         raise VostrackError(f"{path}: the video has no frames")
-    return counts[-1]
+    return counts[-1], _uneven(proc.stdout)
+
+
+def _uneven(framecrc: str) -> bool:
+    """Whether the presentation times in ffmpeg's framecrc listing are unevenly spaced."""
+    times = []
+    for line in framecrc.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if line.startswith("#") or len(fields) < 3:
+            continue
+        try:
+            times.append(int(fields[2]))
+        except ValueError:
+            return False  # no timestamps (raw streams): nothing to say about the rate
+    steps = np.diff(np.unique(times))
+    if steps.size < 2:
+        return False
+    typical = float(np.median(steps))
+    return bool(typical > 0 and (steps.max() - steps.min()) > 0.1 * typical)
 
 
 def _strip_ffmpeg_prefix(line: str) -> str:

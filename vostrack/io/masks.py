@@ -3,10 +3,15 @@
 Three formats are accepted and turned into one thing, a uint8 label map (0 = background,
 k = object k):
 - palette PNG (DAVIS and others): the palette *index* is the object id, whatever its colour;
-- 8-bit grayscale: a mask whose only non-zero value is 255 is one object (id 1); otherwise each
-  value is an object id (0/1/2/...);
+- 8- or 16-bit grayscale: a mask whose only non-zero value is the largest (255, 65535) is one
+  object (id 1); otherwise each value is an object id (0/1/2/...);
 - RGB colour-coded: each distinct non-black colour is one object; the same colour gets the same
   id in every mask of a run, and the mapping is reported.
+
+Void, the DAVIS convention that `vostrack validate` follows too: value 255 (in an RGB mask,
+the DAVIS palette's colour of index 255) marks pixels of unknown label, not an object, unless it
+is the mask's only non-zero value (a 0/255 binary mask, as DAVIS-2016 ships). Void pixels are
+read as background, with a warning.
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from PIL import Image, UnidentifiedImageError
 
 from vostrack.errors import VostrackError
 from vostrack.io.frames import FrameSource, list_images
+from vostrack.io.palette import DAVIS_PALETTE
 
 log = logging.getLogger(__name__)
 
 # More distinct values than this is not an id map but a lossy or anti-aliased picture.
 MAX_OBJECTS_IN_MASK = 64
 SIZE_TOLERANCE_PX = 2
+VOID = 255
 
 
 @dataclass(frozen=True)
@@ -64,7 +71,7 @@ class MaskReader:
 
     def _labels(self, image: Image.Image, path: Path) -> np.ndarray:
         if image.mode == "P":
-            return np.array(image, dtype=np.uint8)
+            return _without_void(np.array(image, dtype=np.uint8), path)
         if image.mode == "1":
             return np.array(image, dtype=np.uint8)
         if image.mode in ("L", "I", "I;16", "I;16B", "I;16L", "F"):
@@ -84,14 +91,16 @@ class MaskReader:
         if len(nonzero) > MAX_OBJECTS_IN_MASK:
             # A JPEG or anti-aliased mask: its values are not ids. One object is the only
             # reading that makes sense, so threshold at mid-grey and say so.
-            log.warning("%s has %d grey levels; reading it as one object (threshold at 128)",
-                        path.name, len(nonzero))
-            return (gray >= 128).astype(np.uint8)
-        if len(nonzero) == 1 and nonzero[0] == 255:
-            return (gray == 255).astype(np.uint8)
+            top = 65535 if gray.dtype.itemsize > 1 and nonzero.max() > 255 else 255
+            log.warning("%s has %d grey levels; reading it as one object (threshold at half "
+                        "of %d)", path.name, len(nonzero), top)
+            return (gray >= (top + 1) // 2).astype(np.uint8)
+        if len(nonzero) == 1 and nonzero[0] in (255, 65535):  # a binary mask, 8 or 16 bits
+            return (gray == nonzero[0]).astype(np.uint8)
         if nonzero.size and nonzero.max() > 255:
-            raise VostrackError(f"mask {path}: object ids above 255 are not supported")
-        return gray.astype(np.uint8)
+            raise VostrackError(f"mask {path}: object ids above 254 are not supported "
+                                f"(found {int(nonzero.max())})")
+        return _without_void(gray.astype(np.uint8), path)
 
     def _from_colours(self, rgb: np.ndarray, path: Path) -> np.ndarray:
         packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
@@ -103,10 +112,15 @@ class MaskReader:
                 f"mask {path} has {len(nonblack)} colours; a colour-coded mask needs one flat "
                 "colour per object (no anti-aliasing or JPEG compression)")
         ids = np.zeros(len(colours), dtype=np.uint8)
+        void = _VOID_CODE if len(nonblack) > 1 else None  # only that colour: it is an object
+        if void is not None and void in colours:
+            count = int((packed == void).sum())
+            log.warning("%s: %d pixels have the DAVIS void colour #e0e0c0 (index 255); they "
+                        "are read as background", path.name, count)
         # New colours get ids in the order they first appear in the image (raster order).
         for k in np.argsort(first_index):
             code = int(colours[k])
-            if code == 0:
+            if code == 0 or code == void:
                 continue
             colour = (code >> 16, (code >> 8) & 255, code & 255)
             if colour not in self.colour_ids:
@@ -117,6 +131,22 @@ class MaskReader:
                          self.colour_ids[colour])
             ids[k] = self.colour_ids[colour]
         return ids[inverse].reshape(packed.shape)
+
+
+_VOID_RGB = DAVIS_PALETTE[VOID]
+_VOID_CODE = (int(_VOID_RGB[0]) << 16) | (int(_VOID_RGB[1]) << 8) | int(_VOID_RGB[2])
+
+
+def _without_void(labels: np.ndarray, path: Path) -> np.ndarray:
+    """Void (255) read as background, unless it is the only label (a 0/255 binary mask)."""
+    void = labels == VOID
+    if not void.any():
+        return labels
+    if not ((labels != 0) & ~void).any():
+        return void.astype(np.uint8)
+    log.warning("%s: %d void pixels (value %d) are read as background", path.name,
+                int(void.sum()), VOID)
+    return np.where(void, 0, labels).astype(np.uint8)
 
 
 def fit_to_frame(labels: np.ndarray, source: FrameSource, path: Path) -> np.ndarray:

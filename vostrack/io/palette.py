@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vostrack.io.atomic import atomic_path
+from vostrack.io.atomic import atomic_write
 
 
 def davis_palette() -> np.ndarray:
@@ -43,8 +43,8 @@ def label_image(labels: np.ndarray) -> Image.Image:
 
 def write_label_png(path: str | Path, labels: np.ndarray) -> None:
     """Write a label map as a DAVIS palette PNG, atomically."""
-    with atomic_path(path) as tmp:
-        label_image(labels).save(tmp, format="PNG")
+    with atomic_write(path) as handle:
+        label_image(labels).save(handle, format="PNG")
 
 
 def read_label_png(path: str | Path) -> np.ndarray:

@@ -9,18 +9,22 @@ instead of filling memory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import queue
+import subprocess
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from vostrack.errors import VostrackError
+from vostrack.io.atomic import create_temp
+from vostrack.io.disk import write_failure
 from vostrack.io.palette import DAVIS_PALETTE, write_label_png
 
 log = logging.getLogger(__name__)
@@ -47,33 +51,101 @@ def render_overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY
 
 
 class OverlayVideo:
-    """An H.264 mp4 written to a temporary name and renamed into place by :meth:`finish`."""
+    """An H.264 video encoded by an ffmpeg process into an exclusive temporary file beside
+    ``path``, renamed into place by :meth:`finish` only when ffmpeg reports success.
+
+    Written by hand rather than with ``imageio_ffmpeg.write_frames``, which opens its output by
+    name and reports neither ffmpeg's exit status nor its error output: a full disk there gave a
+    truncated video under the final name. Here ffmpeg writes through the descriptor of the file
+    we created (a planted symlink cannot redirect it), its stderr is kept, and any failure is an
+    error with ffmpeg's own reason.
+    """
+
+    MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+    CRF = 15  # visually lossless for the flat colours drawn over the frames
 
     def __init__(self, path: Path, width: int, height: int, fps: float):
         import imageio_ffmpeg
 
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix or '.mp4'}")
+        fd, self.tmp = create_temp(self.path)
         # yuv420p (what every player opens) needs even sizes: pad by one pixel where needed.
         self._pad = (height % 2, width % 2)
-        size = (width + self._pad[1], height + self._pad[0])
-        self._writer = imageio_ffmpeg.write_frames(
-            str(self.tmp), size, fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=7,
-            macro_block_size=1, ffmpeg_log_level="error")
-        self._writer.send(None)
+        size = f"{width + self._pad[1]}x{height + self._pad[0]}"
+        target = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else str(self.tmp)
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size,
+               "-r", str(Fraction(fps).limit_denominator(100000)), "-i", "-", "-an",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.CRF),
+               "-f", self.MUXERS.get(self.path.suffix.lower(), "mp4"), target]
+        try:
+            # Its own session: Ctrl-C in the terminal reaches vostrack, which then aborts ffmpeg.
+            self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                             pass_fds=(fd,), start_new_session=True)
+        except OSError:
+            os.close(fd)
+            self.tmp.unlink()
+            raise
+        os.close(fd)
+        self._stderr: list[bytes] = []
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True,
+                                               name="vostrack-ffmpeg-stderr")
+        self._stderr_reader.start()
+
+    def _read_stderr(self) -> None:
+        for line in self._process.stderr:
+            if len(self._stderr) < 200:
+                self._stderr.append(line)
+
+    def _failure(self, exc: OSError | None = None) -> OSError:
+        """ffmpeg's own reason as an OSError (errno ENOSPC when it says the disk is full)."""
+        self._stderr_reader.join(timeout=5)
+        lines = [ln.decode("utf-8", "replace").strip() for ln in self._stderr]
+        lines = [ln for ln in lines if ln]
+        reason = next((ln for ln in lines if "No space left" in ln), lines[0] if lines else None)
+        if reason is None:
+            reason = (f"ffmpeg exited with status {self._process.returncode}"
+                      if self._process.returncode else str(exc or "ffmpeg failed"))
+        full = "No space left" in reason or (exc is not None and exc.errno == errno.ENOSPC)
+        return OSError(errno.ENOSPC if full else errno.EIO,
+                       "no space left" if full else f"ffmpeg: {reason}", str(self.path))
 
     def append(self, rgb: np.ndarray) -> None:
         if any(self._pad):
             rgb = np.pad(rgb, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
-        self._writer.send(np.ascontiguousarray(rgb))
+        try:
+            self._process.stdin.write(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
+        except OSError as exc:  # ffmpeg is gone (BrokenPipeError): say why
+            self._process.wait()
+            raise self._failure(exc) from None
 
     def finish(self) -> None:
-        self._writer.close()
-        os.replace(self.tmp, self.path)
+        """Wait for ffmpeg; rename the video into place only if it succeeded."""
+        try:
+            try:
+                self._process.stdin.close()
+            except OSError as exc:
+                self._process.wait()
+                raise self._failure(exc) from None
+            self._process.wait()
+            self._stderr_reader.join(timeout=5)
+            if self._process.returncode != 0 or any(ln.strip() for ln in self._stderr):
+                raise self._failure()
+            with open(self.tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()
+        """Stop ffmpeg and remove the temporary file."""
+        if self._process.poll() is None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+            self._process.kill()
+        self._process.wait()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
 
@@ -115,7 +187,10 @@ class ResultWriter:
         self._stop()
         self._raise_if_failed()
         if self.overlay is not None:
-            self.overlay.finish()
+            try:
+                self.overlay.finish()
+            except OSError as exc:
+                raise write_failure(exc, self.overlay.path, "the overlay video") from None
 
     def abort(self) -> None:
         """Write what is queued (those frames are done), then stop; drop the partial overlay."""
@@ -132,8 +207,7 @@ class ResultWriter:
         if self._error is not None:
             error = self._error
             if isinstance(error, OSError):
-                raise VostrackError(f"cannot write results: {error.strerror or error} "
-                                    f"({error.filename or self.output_dir})") from None
+                raise write_failure(error, self.output_dir) from None
             raise error
 
     def _run(self) -> None:
@@ -151,12 +225,12 @@ class ResultWriter:
     def _write(self, item: FrameResult) -> None:
         if item.write_png:
             write_label_png(self.output_dir / f"{self.frame_names[item.index]}.png", item.labels)
-        if self.overlay is not None:
-            self.overlay.append(render_overlay(item.frame, item.labels))
         counts = np.bincount(item.labels.reshape(-1), minlength=256)
         for k in np.nonzero(counts[1:])[0] + 1:
             self.areas.setdefault(int(k), [])
         for k, series in self.areas.items():
             series.extend([0] * (item.index - len(series)))
             series.append(int(counts[k]))
-        self.frames_written = item.index + 1
+        self.frames_written = item.index + 1  # its PNG is done, whatever becomes of the overlay
+        if self.overlay is not None:
+            self.overlay.append(render_overlay(item.frame, item.labels))

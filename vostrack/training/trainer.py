@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ import numpy as np
 
 from vostrack.data.prefetch import Prefetcher
 from vostrack.errors import InterruptedRun, VostrackError
-from vostrack.io.atomic import atomic_path, write_json
+from vostrack.io.atomic import atomic_path, write_json, write_text
 from vostrack.network.config import ModelConfig, PartsModelConfig
 
 log = logging.getLogger(__name__)
@@ -401,19 +402,23 @@ class Trainer:
         folder = self.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         name = f"step_{self.step:07d}"
-        tmp = folder / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_arrays(tmp, "network", [np.asarray(v.numpy()) for v in self.network.variables])
-        save_arrays(tmp, "optimizers", [np.asarray(v.numpy()) for v in
-                                        self.heads_opt.variables + self.backbone_opt.variables])
-        write_json(tmp / "state.json", {"step": self.step, "best": self.best,
-                                        "config": self.config.to_dict()})
-        shutil.rmtree(folder / name, ignore_errors=True)
-        os.replace(tmp, folder / name)
-        pointer = folder / "latest.tmp"
-        pointer.write_text(name + "\n")
-        os.replace(pointer, folder / "latest")
+        # An exclusive, randomly named folder: a fixed temporary name could be a planted link.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the name, not the result
+            save_arrays(tmp, "network", [np.asarray(v.numpy()) for v in self.network.variables])
+            save_arrays(tmp, "optimizers", [np.asarray(v.numpy()) for v in
+                                            self.heads_opt.variables + self.backbone_opt.variables])
+            write_json(tmp / "state.json", {"step": self.step, "best": self.best,
+                                            "config": self.config.to_dict()})
+            shutil.rmtree(folder / name, ignore_errors=True)
+            os.replace(tmp, folder / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        write_text(folder / "latest", name + "\n")
         return folder / name
 
     def restore(self, checkpoint: Path) -> None:
@@ -518,6 +523,10 @@ def open_run(run_dir: Path, config: TrainConfig | None, resume: bool,
         if not saved.is_file() or checkpoint is None:
             raise VostrackError(f"nothing to resume in {run_dir}: no checkpoint")
         config = TrainConfig.from_dict(json.loads(saved.read_text()))
+        step = _checkpoint_step(checkpoint)
+        if step is not None and step >= config.steps:
+            raise VostrackError(f"nothing to resume in {run_dir}: the run is complete (step "
+                                f"{step} of {config.steps}, saved as {checkpoint})")
         config = dataclasses.replace(config, **{k: v for k, v in (
             ("workers", workers), ("devices", devices)) if v is not None})
         trainer = Trainer(config, run_dir)
@@ -531,6 +540,13 @@ def open_run(run_dir: Path, config: TrainConfig | None, resume: bool,
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(saved, config.to_dict())
     return Trainer(config, run_dir)
+
+
+def _checkpoint_step(checkpoint: Path) -> int | None:
+    try:
+        return int(json.loads((checkpoint / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def checkpoint_config(path: Path) -> tuple[Path, TrainConfig]:
