@@ -193,3 +193,53 @@ def test_train_with_a_bad_config(tmp_path):
         (tmp_path / name).write_text(text)
         fails(["train", "--config", tmp_path / name, "--out", tmp_path / "run"], message)
     assert not (tmp_path / "run").exists()
+
+
+def test_native_logs_are_silenced_while_python_stderr_still_shows():
+    """What `vostrack train` runs under: TensorFlow's C++ logs (written straight to file
+    descriptor 2) vanish, the progress bar and errors (Python's stderr) do not."""
+    script = ("import os, sys\n"
+              "from vostrack.inference.quiet import native_logs_silenced\n"
+              "with native_logs_silenced():\n"
+              "    os.write(2, b'I0000 cuda_platform.cc:52] failed call to cuInit\\n')\n"
+              "    print('progress 50%', file=sys.stderr)\n"
+              "os.write(2, b'after\\n')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "progress 50%\nafter\n"
+
+
+def test_train_runs_with_native_logs_silenced(tmp_path, monkeypatch):
+    import contextlib
+
+    import vostrack.inference.quiet as quiet
+
+    entered = []
+
+    @contextlib.contextmanager
+    def record(enabled=True):
+        entered.append(enabled)
+        yield
+
+    monkeypatch.setattr(quiet, "native_logs_silenced", record)
+    fails(["train", "--out", tmp_path / "none", "--resume"], "nothing to resume")
+    assert entered == [True]
+
+
+def test_validate_csv_is_replaced_only_with_overwrite(tmp_path):
+    from tests.test_cli_validate import make_tree
+
+    labels = make_tree(tmp_path / "tree", num_frames=3)
+    for seq, objects in (("one", (1,)), ("two", (1, 2))):
+        (tmp_path / "res" / seq).mkdir(parents=True)
+        for t in range(3):  # perfect results
+            write_label_png(tmp_path / "res" / seq / f"{t:05d}.png",
+                            np.where(np.isin(labels[t], objects), labels[t], 0).astype(np.uint8))
+    csv = tmp_path / "scores.csv"
+    csv.write_text("precious")
+    args = ["validate", "--data", tmp_path / "tree", "--results", tmp_path / "res", "--csv", csv]
+    fails(args, "already exists")
+    assert csv.read_text() == "precious"
+    result = CliRunner().invoke(cli, [str(a) for a in [*args, "--overwrite"]])
+    assert result.exit_code == 0, result.output
+    assert "ALL" in csv.read_text()

@@ -260,3 +260,63 @@ def test_resume_refuses_a_different_job(tmp_path, squares, double):
     write_label_png(other, np.where(labels[0] == 1, 1, 0).astype(np.uint8))
     result = run("segment", video, "--mask", other, "-o", out, "-q", "--resume")
     assert result.exit_code != 0 and "another masks" in result.stderr
+
+
+def test_overwrite_with_a_shorter_input_removes_the_earlier_runs_later_frames(tmp_path, double):
+    frames, labels = squares_clip(num_frames=10)
+    write_label_png(tmp_path / "mask.png", labels[0])
+    out = tmp_path / "out"
+    long = write_video(tmp_path / "long.mp4", frames)
+    short = write_video(tmp_path / "short.mp4", frames[:6])
+    assert run("segment", long, "--mask", tmp_path / "mask.png", "-o", out, "-q").exit_code == 0
+    (out / "notes.png").write_bytes(b"the user's own file")  # not a frame of either run
+    result = run("segment", short, "--mask", tmp_path / "mask.png", "-o", out, "-q",
+                 "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{i:05d}.png" for i in range(6)] + ["notes.png", "summary.json"])
+    # a later --resume must not take a stale frame as done either
+    assert json.loads((out / "summary.json").read_text())["frame_names"] == [
+        f"{i:05d}" for i in range(6)]
+
+
+def test_overwrite_deletes_only_plain_frame_names_of_the_earlier_summary(tmp_path, squares,
+                                                                        double):
+    """summary.json is a file anyone could edit: names with a path in them are not deleted."""
+    video, frames, labels, mask = squares
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    (out / "summary.json").write_text(json.dumps({"frame_names": ["../victim", "/etc/x", ".."]}))
+    result = run("segment", video, "--mask", mask, "-o", out, "-q", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert victim.read_bytes() == b"precious"
+
+
+def test_a_variable_frame_rate_video_warns_about_the_overlay_timing(tmp_path, double):
+    from tests.test_frames import _ffmpeg_video
+
+    video = _ffmpeg_video(tmp_path / "vfr.mp4", "-vf", "setpts='if(lt(N,6),N,12+2*N)/10/TB'",
+                          "-fps_mode", "vfr")
+    labels = np.zeros((64, 96), np.uint8)
+    labels[10:30, 10:30] = 1
+    write_label_png(tmp_path / "m.png", labels)
+    result = run("segment", video, "--mask", tmp_path / "m.png", "-o", tmp_path / "out", "-q",
+                 "--overlay", tmp_path / "o.mp4")
+    assert result.exit_code == 0, result.output
+    assert "variable frame rate" in result.stderr
+    quiet = run("segment", video, "--mask", tmp_path / "m.png", "-o", tmp_path / "out2", "-q")
+    assert "variable frame rate" not in quiet.stderr  # no overlay: nothing to say
+
+
+def test_a_mask_with_void_pixels_is_segmented_with_a_warning(tmp_path, squares, double):
+    video, frames, labels, _ = squares
+    with_void = labels[0].copy()
+    with_void[:2, :] = 255
+    write_label_png(tmp_path / "void.png", with_void)
+    result = run("segment", video, "--mask", tmp_path / "void.png", "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.output
+    assert "void" in result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["objects"] == [1, 2, 3]  # not object 255

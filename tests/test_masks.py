@@ -126,3 +126,40 @@ def test_size_tolerance(tmp_path, folder, caplog):
     far = write_mask(tmp_path / "far.png", np.ones((6, 11), np.uint8))
     with pytest.raises(VostrackError, match="11x6 but the frames are 8x6"):
         load_annotations([far], [], folder)
+
+
+def test_255_is_void_in_an_id_mask_and_a_binary_mask_stays_one_object(tmp_path, caplog):
+    """One rule with `validate` (DAVIS): 255 is void, read as background with a warning, unless
+    it is the mask's only label (a 0/255 mask: one object)."""
+    from vostrack.io.palette import DAVIS_PALETTE
+
+    with_void = LABELS.copy()
+    with_void[0, :] = 255
+    save_palette(tmp_path / "p.png", with_void, DAVIS_PALETTE.reshape(-1).tolist())
+    Image.fromarray(with_void, mode="L").save(tmp_path / "g.png")
+    colours = DAVIS_PALETTE[with_void]
+    Image.fromarray(colours).save(tmp_path / "rgb.png")
+    reader = MaskReader()
+    with caplog.at_level(logging.WARNING, logger="vostrack"):
+        for name in ("p.png", "g.png"):
+            assert np.array_equal(reader.read(tmp_path / name), LABELS), name
+        rgb = reader.read(tmp_path / "rgb.png")
+    assert np.array_equal(rgb > 0, LABELS > 0) and 255 not in rgb
+    assert sum("void" in r.getMessage() for r in caplog.records) == 3
+    binary = (LABELS > 0).astype(np.uint8) * 255
+    save_palette(tmp_path / "b.png", binary, DAVIS_PALETTE.reshape(-1).tolist())
+    Image.fromarray(binary, mode="L").save(tmp_path / "bl.png")
+    for name in ("b.png", "bl.png"):
+        assert np.array_equal(MaskReader().read(tmp_path / name), (LABELS > 0).astype(np.uint8))
+
+
+def test_sixteen_bit_masks(tmp_path):
+    binary = (LABELS > 0).astype(np.uint16) * 65535
+    Image.fromarray(binary).save(tmp_path / "b16.png")
+    assert np.array_equal(MaskReader().read(tmp_path / "b16.png"), (LABELS > 0).astype(np.uint8))
+    Image.fromarray(LABELS.astype(np.uint16)).save(tmp_path / "ids16.png")
+    assert np.array_equal(MaskReader().read(tmp_path / "ids16.png"), LABELS)
+    big = LABELS.astype(np.uint16) * 300
+    Image.fromarray(big).save(tmp_path / "big16.png")
+    with pytest.raises(VostrackError, match="above 254"):
+        MaskReader().read(tmp_path / "big16.png")

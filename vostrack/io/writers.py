@@ -207,7 +207,9 @@ class ResultWriter:
         if self._error is not None:
             error = self._error
             if isinstance(error, OSError):
-                raise write_failure(error, self.output_dir) from None
+                overlay = self.overlay is not None and error.filename == str(self.overlay.path)
+                raise write_failure(error, self.output_dir,
+                                    "the overlay video" if overlay else "") from None
             raise error
 
     def _run(self) -> None:
