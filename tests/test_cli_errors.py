@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -99,7 +100,11 @@ def test_two_masks_for_one_frame_that_disagree(tmp_path, clip):
 def test_output_not_writable(tmp_path, clip, double):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    fails(["segment", clip[0], "--mask", clip[1], "-o", blocker / "out"], "not writable")
+    fails(["segment", clip[0], "--mask", clip[1], "-o", blocker / "out"], "is a file, not a folder")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        fails(["segment", clip[0], "--mask", clip[1], "-o", locked / "out"], "not writable")
     fails(["segment", clip[0], "--mask", clip[1], "-o", blocker], "not a folder")
     assert blocker.read_text() == "a file where a folder should be"
 

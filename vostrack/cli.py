@@ -204,6 +204,10 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
         raise VostrackError("give --set or --sequences, not both")
     if csv_path is not None:
         _check_new_file(csv_path, "--csv", overwrite)
+    for option, folder in (("--data", data_root), ("--results", results_dir)):
+        if folder is not None and not folder.is_dir():
+            raise VostrackError(f"{option} {folder} " + ("is a file, not a folder"
+                                                         if folder.exists() else "does not exist"))
     tree = DavisTree(data_root)
     names = [s.strip() for s in sequences.split(",") if s.strip()] if sequences else None
     seqs = tree.sequences(set_file=set_file, names=names)
@@ -447,6 +451,26 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
            max_parts: int | None, track: bool | None, mirror: bool | None,
            overwrite: bool) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
+    if sum(x is not None for x in (model, config_path, checkpoint)) != 1:
+        raise VostrackError("give one of --model (an installed model), --config (a config file) "
+                            "or --checkpoint (a training run)")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise VostrackError(f"{output_dir} exists and is not a folder; give a new folder name")
+    if output_dir.exists() and not overwrite:
+        raise VostrackError(f"model folder {output_dir} already exists; use --overwrite to "
+                            "replace it")
+    from vostrack.inference.quiet import native_logs_silenced
+
+    with native_logs_silenced(not click.get_current_context().meta.get("vostrack.debug")):
+        _export(model, config_path, checkpoint, output_dir, name, no_saved_model, weights_dtype,
+                max_parts, track, mirror, overwrite)
+    click.echo(f"exported {output_dir}")
+
+
+def _export(model: str | None, config_path: Path | None, checkpoint: Path | None,
+            output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
+            max_parts: int | None, track: bool | None, mirror: bool | None,
+            overwrite: bool) -> None:
     import dataclasses
     import json
 
@@ -454,12 +478,6 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
     from vostrack.network.vos import VosNetwork, load_network
     from vostrack.registry import read_manifest, resolve_model
     from vostrack.serving.export import export_model
-
-    if sum(x is not None for x in (model, config_path, checkpoint)) != 1:
-        raise VostrackError("give one of --model (an installed model), --config (a config file) "
-                            "or --checkpoint (a training run)")
-    if output_dir.exists() and not overwrite:
-        raise VostrackError(f"{output_dir} already exists; use --overwrite to replace it")
 
     def inference_settings(config: ModelConfig) -> ModelConfig:
         if mirror is not None:
@@ -492,7 +510,6 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
             manifest["config"])), manifest["files"]["keras_weights"])
     export_model(network, output_dir, name or output_dir.name, overwrite=overwrite,
                  saved_model=not no_saved_model, weights_dtype=weights_dtype)
-    click.echo(f"exported {output_dir}")
 
 
 # --------------------------------------------------------------------------- import-backbone

@@ -257,6 +257,9 @@ def preflight(source: FrameSource, annotations: list[Annotation], options: Outpu
     out = Path(options.output_dir)
     if out.exists() and not out.is_dir():
         raise VostrackError(f"output {out} exists and is not a folder")
+    blocker = next((p for p in Path(os.path.abspath(out)).parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise VostrackError(f"output folder {out}: {blocker} is a file, not a folder")
     overlay = Path(options.overlay) if options.overlay is not None else None
     if overlay is not None:
         _check_overlay_path(overlay, options)

@@ -29,6 +29,7 @@ from typing import Any
 import vostrack
 from vostrack.errors import VostrackError
 from vostrack.io.atomic import write_json
+from vostrack.io.disk import write_failure
 from vostrack.network.config import PART_REFERENCE_INPUTS, PART_STEP_INPUTS, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -363,6 +364,9 @@ def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool =
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
+    except OSError as exc:  # a full disk, most likely: one line, and nothing half-written left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(exc, out_dir, "the model folder") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -36,6 +36,7 @@ import numpy as np
 from vostrack.data.prefetch import Prefetcher
 from vostrack.errors import InterruptedRun, VostrackError
 from vostrack.io.atomic import atomic_path, write_json, write_text
+from vostrack.io.disk import write_failure
 from vostrack.network.config import ModelConfig, PartsModelConfig
 
 log = logging.getLogger(__name__)
@@ -399,6 +400,12 @@ class Trainer:
     # --------------------------------------------------------------------- checkpoints
     def save(self) -> Path:
         """Write checkpoints/step_NNNNNNN atomically and point checkpoints/latest at it."""
+        try:
+            return Trainer._save(self)
+        except OSError as exc:  # a full disk: one line; the latest checkpoint stays the last
+            raise write_failure(exc, self.run_dir / "checkpoints", "a checkpoint in") from None
+
+    def _save(self) -> Path:
         folder = self.run_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         name = f"step_{self.step:07d}"
