@@ -9,6 +9,8 @@ continues after the last of them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -70,6 +72,7 @@ class SegmentRun:
         job = _job_record(source, annotations,
                           model or {"name": getattr(propagator, "name", "?")})
         out = Path(options.output_dir)
+        created = not out.exists()
         self._lock = _claim_output_dir(out)
         try:
             self.start, earlier = (_resume_point(out, source, job, options)
@@ -93,11 +96,13 @@ class SegmentRun:
             except BaseException:
                 self._reserve.release()
                 raise
-        except OSError as exc:
+        except BaseException as exc:
             self.close()
-            raise write_failure(exc, out, "in the output folder") from None
-        except BaseException:
-            self.close()
+            if created:  # refused before any work: leave no empty folder behind
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            if isinstance(exc, OSError):
+                raise write_failure(exc, out) from None
             raise
         self._stop = threading.Event()
 
@@ -321,10 +326,14 @@ def _claim_output_dir(out: Path) -> int:
                             f"({exc.strerror or exc})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise VostrackError(f"another vostrack run is writing to {out}; wait for it or give "
-                            "another folder") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            # a file system without locks (some network mounts): run unguarded, as before
+            log.debug("cannot lock %s (%s); going on without the lock", out, exc.strerror)
+        else:
+            os.close(fd)
+            raise VostrackError(f"another vostrack run is writing to {out}; wait for it or "
+                                "give another folder") from None
     if not os.access(out, os.W_OK):
         os.close(fd)
         raise VostrackError(f"output folder {out} is not writable (permission denied)")
