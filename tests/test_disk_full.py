@@ -155,6 +155,22 @@ def _enospc(path) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
+def _fail_when(monkeypatch, module, name: str, when):
+    """Make ``module.name(path, data)`` fail with ENOSPC when ``when(calls so far, data)``;
+    returns the real function."""
+    real = getattr(module, name)
+    calls = []
+
+    def failing(path, data):
+        calls.append(path)
+        if when(len(calls), data):
+            raise _enospc(path)
+        real(path, data)
+
+    monkeypatch.setattr(module, name, failing)
+    return real
+
+
 @pytest.fixture
 def clip(tmp_path):
     frames, labels = squares_clip(num_frames=FRAMES)
@@ -178,16 +194,7 @@ def _fails_one_line(result, *needles):
 def test_injected_enospc_on_a_png(tmp_path, clip, double, monkeypatch):
     import vostrack.io.writers as writers
 
-    real = writers.write_label_png
-    calls = []
-
-    def failing(path, labels):
-        calls.append(path)
-        if len(calls) == 6:
-            raise _enospc(path)
-        real(path, labels)
-
-    monkeypatch.setattr(writers, "write_label_png", failing)
+    real = _fail_when(monkeypatch, writers, "write_label_png", lambda calls, data: calls == 6)
     out = tmp_path / "out"
     _fails_one_line(_run("segment", clip[0], "--mask", clip[1], "-o", out, "-q"),
                     "00005.png", "no space left on the file system at")
@@ -204,25 +211,16 @@ def test_injected_enospc_on_a_png(tmp_path, clip, double, monkeypatch):
 def test_injected_enospc_on_the_summary(tmp_path, clip, double, monkeypatch, which):
     import vostrack.inference.pipeline as pipeline
 
-    real = pipeline.write_json
-    calls = []
-
-    def failing(path, data):
-        calls.append(data.get("status"))
-        if (which == "first" and len(calls) == 1) or (which == "last" and
-                                                      data.get("status") == "complete"):
-            raise _enospc(path)
-        real(path, data)
-
-    monkeypatch.setattr(pipeline, "write_json", failing)
+    real = _fail_when(monkeypatch, pipeline, "write_json", lambda calls, data: (
+        calls == 1 if which == "first" else data.get("status") == "complete"))
     out = tmp_path / "out"
     _fails_one_line(_run("segment", clip[0], "--mask", clip[1], "-o", out, "-q"),
                     "summary.json", "no space left on the file system at")
-    _no_temporaries(out)
     monkeypatch.setattr(pipeline, "write_json", real)
     if which == "first":  # refused before any work: no frame, no summary, no folder
         assert not out.exists()
         return
+    _no_temporaries(out)
     # every frame is written; the summary still says running, and --resume completes it
     assert _complete_pngs(out) == NAMES
     assert json.loads((out / "summary.json").read_text())["status"] == "running"
