@@ -7,16 +7,16 @@ Runs the model on every sequence from its first annotated frame (as `vostrack va
 scores with the project's DAVIS scorer (official protocol: first and last frames excluded) and
 prints one row per sequence and the mean over objects. ``--results`` scores segmentations
 already written instead. ``--set KEY=VALUE`` (repeatable) changes an inference setting of the
-model's config for this run (an ablation without retraining); the model's files are used as they
-are. The frozen graph follows only the settings read at run time (``parts.max_parts``,
-``matching.memory_frames``, ...: RUN_TIME_SETTINGS); others (``matching.top_k``, ...) are built
-into it at export, so they need ``--runtime keras``, which builds the network from the config.
+model for this run (an ablation without retraining), as ``vostrack segment --set`` does: the
+frozen graph follows the settings read at run time (``parts.max_parts``,
+``matching.memory_frames``, ...); the others (``matching.top_k``, ...) are built into it at
+export, so they need ``--runtime keras``, which builds the network from the settings (see
+vostrack/network/config.py for each setting's kind).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -25,36 +25,6 @@ from pathlib import Path
 RGMP = {"blackswan": (0.960, 0.986), "bmx-trees": (0.526, 0.745),
         "breakdance": (0.592, 0.631), "car-shadow": (0.963, 0.997)}
 RGMP_ALL20 = (0.815, 0.820, 0.818)  # J, F, J&F as published
-
-
-def with_settings(model: str, settings: list[str]) -> str:
-    """A temporary model folder: ``model``'s files (linked) and its manifest with ``settings``
-    applied to the config."""
-    from vostrack.network.config import ModelConfig
-    from vostrack.registry import read_manifest, resolve_model
-
-    source = resolve_model(model).resolve()
-    manifest = read_manifest(source)
-    # Through the config class, so that settings newer than the model's manifest have a value
-    manifest["config"] = ModelConfig.from_dict(manifest["config"]).to_dict()
-    for setting in settings:
-        key, _, value = setting.partition("=")
-        *path, last = key.split(".")
-        node = manifest["config"]
-        for name in path:
-            node = node.get(name) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or last not in node:
-            raise SystemExit(f"--set {setting}: the model's config has no {key}")
-        try:
-            node[last] = json.loads(value)
-        except ValueError:
-            raise SystemExit(f"--set {setting}: {value!r} is not a JSON value") from None
-    folder = Path(tempfile.mkdtemp(prefix="vostrack-ablation-"))
-    for item in source.iterdir():
-        if item.name != "manifest.json":
-            (folder / item.name).symlink_to(item)
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return str(folder)
 
 
 def main() -> None:
@@ -70,22 +40,17 @@ def main() -> None:
 
     from vostrack.evaluation.davis import DavisTree, score
     from vostrack.evaluation.segment_tree import segment_tree
-    from vostrack.inference.propagator import RUN_TIME_SETTINGS
     from vostrack.inference.quiet import native_stderr_silenced
     from vostrack.registry import load_propagator
 
-    baked = [s for s in args.settings if s.partition("=")[0] not in RUN_TIME_SETTINGS]
-    if baked and args.runtime == "frozen":
-        raise SystemExit(f"--set {baked[0]}: the frozen graph has this value built in; "
-                         "add --runtime keras")
     tree = DavisTree(args.data)
     seqs = tree.sequences()
     results = args.results
-    model = with_settings(args.model, args.settings) if args.settings else args.model
     if results is None:
         results = Path(tempfile.mkdtemp(prefix="vostrack-accuracy-"))
         with native_stderr_silenced():
-            propagator, info = load_propagator(model, args.runtime)
+            propagator, info = load_propagator(args.model, args.runtime,
+                                               overrides=args.settings)
         segment_tree(tree, seqs, propagator, results, info, progress=False)
     report = score(tree, results, seqs)
 

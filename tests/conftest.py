@@ -122,7 +122,7 @@ def double(monkeypatch):
     """Make every model name load the colour double (the network is not part of this test)."""
     propagator = ColourPropagator()
 
-    def load(name, runtime="frozen", mirror=None):
+    def load(name, runtime="frozen", mirror=None, overrides=()):
         return propagator, {"name": name, "runtime": runtime, "kind": "test-double"}
 
     monkeypatch.setattr("vostrack.registry.load_propagator", load)

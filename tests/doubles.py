@@ -42,7 +42,7 @@ class ColourPropagator:
                 colours[int(k)] = frame[labels == k].reshape(-1, 3).astype(np.float32).mean(0)
         return ColourReference(colours)
 
-    def initial_state(self, frame, labels, reference):
+    def initial_state(self, frame, labels, reference, encoded=False):
         return ColourState(labels.copy())
 
     def step(self, frame, reference, state):

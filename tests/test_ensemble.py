@@ -44,7 +44,7 @@ class Recorder:
 
 def run_video(propagator, frames, labels):
     reference = propagator.encode_reference(frames[0], labels[0])
-    state = propagator.initial_state(frames[0], labels[0], reference)
+    state = propagator.initial_state(frames[0], labels[0], reference, encoded=True)
     masks, states = [labels[0]], [state]
     for frame in frames[1:]:
         predicted, state = propagator.step(frame, reference, state)
@@ -109,7 +109,7 @@ def test_a_model_with_mirror_average_segments_through_the_cli(tiny_model, clip, 
     assert isinstance(plain, MatchingPropagator) and info["mirror_average"] is False
     # the frozen graph computes only what is fetched: a plain step leaves the probabilities out
     reference = plain.encode_reference(frames[0], labels[0])
-    state = plain.initial_state(frames[0], labels[0], reference)
+    state = plain.initial_state(frames[0], labels[0], reference, encoded=True)
     lean = plain.run_step(frames[1], reference, state)
     full = plain.run_step(frames[1], reference, state, skip=())
     assert "probs" not in lean and set(full) == set(lean) | {"probs"}

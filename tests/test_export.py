@@ -81,7 +81,7 @@ def run_video(propagator, frames, labels):
 
 def test_export_writes_a_complete_model_folder(exported):
     manifest = read_manifest(exported)
-    assert manifest["format"] == "vostrack-matching/1" and manifest["backbone"] == "efficientnet_lite2"
+    assert manifest["format"] == "vostrack-model/1" and manifest["backbone"] == "efficientnet_lite2"
     assert ModelConfig.from_dict(manifest["config"]) == TINY
     for name in ("frozen.pb", "network.weights.h5", "saved_model/saved_model.pb"):
         assert (exported / name).is_file(), name

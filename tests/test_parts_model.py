@@ -47,14 +47,15 @@ def eager():
 def run(propagator, frames, labels):
     """Object 1 annotated on frame 0, object 2 (which appears later) on frame 2."""
     reference = propagator.encode_reference(frames[0], np.where(labels[0] == 1, 1, 0))
-    state = propagator.initial_state(frames[0], np.where(labels[0] == 1, 1, 0), reference)
+    state = propagator.initial_state(frames[0], np.where(labels[0] == 1, 1, 0), reference,
+                                     encoded=True)
     masks, states = [labels[0]], [state]
     for t in range(1, len(frames)):
         predicted, state = propagator.step(frames[t], reference, state)
         if t == 2:
             merged = np.where(labels[2] == 2, 2, predicted).astype(np.uint8)
             reference = propagator.encode_reference(frames[2], merged, reference)
-            state = propagator.initial_state(frames[2], merged, reference)
+            state = propagator.initial_state(frames[2], merged, reference, encoded=True)
             predicted = merged
         masks.append(predicted)
         states.append(state)

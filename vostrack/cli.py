@@ -109,6 +109,15 @@ def _stop_on_signals(job):
             signal.signal(sig, handler)
 
 
+def _settings_option(help_text: str):
+    return click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help=help_text)
+
+
+_RUN_SETTINGS_HELP = ("Change an inference setting of the model for this run (repeatable), e.g. "
+                      "parts.max_parts=4 or matching.memory_frames=8; the frozen graph takes the "
+                      "settings read at run time, --runtime keras all of them.")
+
+
 # ----------------------------------------------------------------------------------- segment
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
@@ -129,6 +138,7 @@ def _stop_on_signals(job):
 @click.option("--mirror/--no-mirror", default=None,
               help="Also segment each frame's mirror image and average the two (about twice "
                    "the time; default: the model's own setting).")
+@_settings_option(_RUN_SETTINGS_HELP)
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True),
               help="Frame rate of the overlay (default: the video's, 24 for a frame folder).")
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
@@ -136,7 +146,8 @@ def _stop_on_signals(job):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int], output_dir: Path,
             overlay: Path | None, model: str, runtime: str, mirror: bool | None,
-            fps: float | None, overwrite: bool, resume: bool, quiet: bool) -> None:
+            settings: Sequence[str], fps: float | None, overwrite: bool, resume: bool,
+            quiet: bool) -> None:
     """Segment the objects given by --mask on every frame of INPUT (a video or a frame folder)."""
     from vostrack.inference.pipeline import OutputOptions, SegmentRun, preflight
     from vostrack.io.frames import open_frames
@@ -150,7 +161,7 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
     options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
     preflight(source, annotations, options)  # before the model: a refusal costs no wait
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        propagator, model_info = load_propagator(model, runtime, mirror)
+        propagator, model_info = load_propagator(model, runtime, mirror, settings)
     job = SegmentRun(source, annotations, propagator, options, model_info)
     if not quiet:
         _report_inputs(source, annotations, reader)
@@ -191,12 +202,14 @@ def _report_inputs(source, annotations, reader) -> None:
 @click.option("--mirror/--no-mirror", default=None,
               help="Also segment each frame's mirror image and average the two (about twice "
                    "the time; default: the model's own setting).")
+@_settings_option("Without --results: " + _RUN_SETTINGS_HELP)
 @click.option("--overwrite", is_flag=True,
               help="Replace results already in --output, and an existing --csv file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
              sequences: str | None, csv_path: Path | None, output_dir: Path | None, model: str,
-             runtime: str, mirror: bool | None, overwrite: bool, quiet: bool) -> None:
+             runtime: str, mirror: bool | None, settings: Sequence[str], overwrite: bool,
+             quiet: bool) -> None:
     """Score segmentations of a DAVIS tree with the official J and F measures."""
     from vostrack.evaluation.davis import DavisTree, score
 
@@ -215,11 +228,13 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
         if output_dir is None:
             output_dir = Path(tempfile.mkdtemp(prefix="vostrack-validate-"))
             click.echo(f"segmentations go to {output_dir}", err=True)
-        _segment_davis(tree, seqs, output_dir, model, runtime, mirror, overwrite, quiet)
+        _segment_davis(tree, seqs, output_dir, model, runtime, mirror, settings, overwrite,
+                       quiet)
         results_dir = output_dir
-    elif output_dir is not None:
-        raise VostrackError("--output is where validate writes its own segmentations; "
-                            "with --results there is nothing to write")
+    elif output_dir is not None or settings:
+        raise VostrackError(f"{'--output' if output_dir is not None else '--set'} is for "
+                            "validate's own segmentations; with --results there is nothing "
+                            "to run")
     report = score(tree, results_dir, seqs)
     click.echo(report.table())
     if csv_path is not None:
@@ -244,14 +259,15 @@ def _check_new_file(path: Path, option: str, overwrite: bool) -> None:
 
 
 def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime: str,
-                   mirror: bool | None, overwrite: bool, quiet: bool) -> None:
+                   mirror: bool | None, settings: Sequence[str], overwrite: bool,
+                   quiet: bool) -> None:
     """Run the segment job on each sequence from its first annotated frame."""
     from vostrack.evaluation.segment_tree import segment_tree
     from vostrack.inference.quiet import native_stderr_silenced
     from vostrack.registry import load_propagator
 
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        propagator, model_info = load_propagator(model, runtime, mirror)
+        propagator, model_info = load_propagator(model, runtime, mirror, settings)
     segment_tree(tree, seqs, propagator, output_dir, model_info, overwrite=overwrite,
                  progress=not quiet, announce=None if quiet else lambda s: click.echo(s, err=True))
 
@@ -445,11 +461,13 @@ def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_p
 @click.option("--mirror/--no-mirror", default=None,
               help="Whether segment averages each frame with its mirror image unless told "
                    "(a run-time setting; default: the model's own).")
+@_settings_option("Set an inference setting of the exported model (repeatable), e.g. "
+                  "matching.top_k=20: the settings built into the graph too.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
            output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
            max_parts: int | None, track: bool | None, mirror: bool | None,
-           overwrite: bool) -> None:
+           settings: Sequence[str], overwrite: bool) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
     if sum(x is not None for x in (model, config_path, checkpoint)) != 1:
         raise VostrackError("give one of --model (an installed model), --config (a config file) "
@@ -463,51 +481,51 @@ def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
 
     with native_logs_silenced(not click.get_current_context().meta.get("vostrack.debug")):
         _export(model, config_path, checkpoint, output_dir, name, no_saved_model, weights_dtype,
-                max_parts, track, mirror, overwrite)
+                max_parts, track, mirror, settings, overwrite)
     click.echo(f"exported {output_dir}")
 
 
 def _export(model: str | None, config_path: Path | None, checkpoint: Path | None,
             output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
             max_parts: int | None, track: bool | None, mirror: bool | None,
-            overwrite: bool) -> None:
-    import dataclasses
+            settings: Sequence[str], overwrite: bool) -> None:
     import json
 
-    from vostrack.network.config import ModelConfig
+    from vostrack.network.config import ModelConfig, apply_overrides
     from vostrack.network.vos import VosNetwork, load_network
-    from vostrack.registry import read_manifest, resolve_model
+    from vostrack.registry import manifest_config, read_manifest, resolve_model
     from vostrack.serving.export import export_model
 
-    def inference_settings(config: ModelConfig) -> ModelConfig:
-        if mirror is not None:
-            config = dataclasses.replace(config, mirror_average=mirror)
-        settings = {k: v for k, v in (("max_parts", max_parts), ("track", track))
-                    if v is not None}
-        if not settings:
-            return config
-        if not config.parts:
-            raise VostrackError(f"--{'max-parts' if max_parts else 'part-tracker'}: this model "
-                                "has no part path")
-        return dataclasses.replace(config, parts=dataclasses.replace(config.parts, **settings))
+    overrides = [*settings]
+    for option, key, value in (("--max-parts", "parts.max_parts", max_parts),
+                               ("--part-tracker", "parts.track", track),
+                               ("--mirror", "mirror_average", mirror)):
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+
+    def configured(config: ModelConfig) -> ModelConfig:
+        for option, value in (("--max-parts", max_parts), ("--part-tracker", track)):
+            if value is not None and not config.parts:
+                raise VostrackError(f"{option}: this model has no part path")
+        return apply_overrides(config, overrides)
 
     if config_path is not None:
         try:
             config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as exc:
             raise VostrackError(f"cannot read config {config_path}: {exc}") from None
-        network = VosNetwork(inference_settings(config), weights="imagenet")
+        network = VosNetwork(configured(config), weights="imagenet")
     elif checkpoint is not None:
         from vostrack.training.trainer import checkpoint_config, checkpoint_network
 
-        settings = inference_settings(checkpoint_config(checkpoint)[1].model)  # fails early
+        config = configured(checkpoint_config(checkpoint)[1].model)  # fails early
         network = checkpoint_network(checkpoint)
-        network.config = settings
+        network.config = config
     else:
         model_dir = resolve_model(model)
         manifest = read_manifest(model_dir)
-        network = load_network(model_dir, inference_settings(ModelConfig.from_dict(
-            manifest["config"])), manifest["files"]["keras_weights"])
+        network = load_network(model_dir, configured(manifest_config(model_dir, manifest)),
+                               manifest["files"]["keras_weights"])
     export_model(network, output_dir, name or output_dir.name, overwrite=overwrite,
                  saved_model=not no_saved_model, weights_dtype=weights_dtype)
 

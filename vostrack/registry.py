@@ -13,12 +13,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from vostrack.errors import VostrackError, first_line
 from vostrack.inference.contract import Propagator
 
 if TYPE_CHECKING:
+    from vostrack.inference.propagator import Runtime
     from vostrack.network.config import ModelConfig
 
 DEFAULT_MODEL = "default"
@@ -83,26 +84,30 @@ def manifest_config(model_dir: Path, manifest: dict) -> "ModelConfig":
                             f"({type(exc).__name__}: {first_line(exc)})") from None
 
 
-def load_propagator(name: str, runtime: str = "frozen",
-                    mirror: bool | None = None) -> tuple[Propagator, dict]:
-    """Load model ``name`` for ``runtime``; returns the propagator and a description of it.
-    ``mirror``: average each frame with its mirror image (None: the model's own setting,
-    ``mirror_average`` of its config)."""
+def load_propagator(name: str, runtime: str = "frozen", mirror: bool | None = None,
+                    overrides: Sequence[str] = ()) -> tuple[Propagator, dict]:
+    """Load model ``name`` for ``runtime`` with its inference settings changed by ``overrides``
+    (``"parts.max_parts=4"``, ...: :func:`vostrack.network.config.apply_overrides`; the frozen
+    graph takes only the run-time ones); returns the propagator and a description of it.
+    ``mirror`` (``--mirror/--no-mirror``) is the override ``mirror_average``; None keeps the
+    model's own."""
     if runtime not in RUNTIMES:
         raise VostrackError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     model_dir = resolve_model(name)
     manifest = read_manifest(model_dir)
     fmt = manifest.get("format")
-    from vostrack.serving.export import FORMAT
+    from vostrack.serving.export import FORMAT, FORMERLY
 
-    if fmt != FORMAT:
+    if fmt != FORMAT and fmt not in FORMERLY:
         raise VostrackError(f"model {name!r} has format {fmt!r}, which this version of vostrack "
                             "cannot run")
     from google.protobuf.message import DecodeError
 
-    from vostrack.inference.propagator import MatchingPropagator, PartsPropagator
+    from vostrack.network.config import BAKED, RUN_TIME, apply_overrides
 
-    config = manifest_config(model_dir, manifest)
+    overrides = [*overrides] + ([] if mirror is None else [f"mirror_average={str(mirror).lower()}"])
+    config = apply_overrides(manifest_config(model_dir, manifest), overrides,
+                             allowed=(RUN_TIME,) if runtime == "frozen" else (BAKED, RUN_TIME))
     files = manifest.get("files", {})
     if not isinstance(files, dict) or not isinstance(manifest.get("tensors", {}), dict):
         raise VostrackError(f"model {name!r} in {model_dir}: {MANIFEST} is damaged "
@@ -121,12 +126,25 @@ def load_propagator(name: str, runtime: str = "frozen",
         raise VostrackError(f"model {name!r} in {model_dir} is incomplete or damaged "
                             f"({type(exc).__name__}: {first_line(exc)})") from None
     info = {"name": name, "path": str(model_dir), "runtime": runtime, "format": fmt,
-            "version": manifest.get("version"), "backbone": config.backbone}
-    propagator = (PartsPropagator if config.parts else MatchingPropagator)(backend, name=name)
-    mirror = config.mirror_average if mirror is None else mirror
-    if mirror:
+            "version": manifest.get("version"), "backbone": config.backbone,
+            "mirror_average": config.mirror_average}
+    if overrides:
+        info["overrides"] = list(overrides)
+    return build_propagator(backend, name=name), info
+
+
+def build_propagator(runtime: "Runtime", mirror: bool | None = None,
+                     name: str = "vostrack") -> Propagator:
+    """The propagator for a runtime (the frozen graph or a Keras network): the part path's when
+    the network has one, averaged with the mirror image when ``mirror`` (None: the config's
+    ``mirror_average``). The one place that choice is made: segment, validate, the benchmarks
+    and the trainer's validation all come here."""
+    from vostrack.inference.propagator import MatchingPropagator, PartsPropagator
+
+    config = runtime.config
+    propagator = (PartsPropagator if config.parts else MatchingPropagator)(runtime, name=name)
+    if config.mirror_average if mirror is None else mirror:
         from vostrack.inference.ensemble import MirroredPropagator
 
         propagator = MirroredPropagator(propagator)
-    info["mirror_average"] = mirror
-    return propagator, info
+    return propagator

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vostrack.inference.propagator import MatchingPropagator, label_map
+from vostrack.inference.propagator import MatchingPropagator, PartsPropagator, label_map
 
 
 def mirror(image: np.ndarray) -> np.ndarray:
@@ -39,7 +39,7 @@ class Mirrored:
 class MirroredPropagator:
     """The per-frame contract (contract.py) of ``base`` on a frame and its mirror image."""
 
-    def __init__(self, base: MatchingPropagator):
+    def __init__(self, base: MatchingPropagator | PartsPropagator):
         self.base = base
         self.name = base.name
 
@@ -51,10 +51,10 @@ class MirroredPropagator:
                                        previous.mirrored if previous else None))
 
     def initial_state(self, frame: np.ndarray, labels: np.ndarray,
-                      reference: Mirrored) -> Mirrored:
-        return Mirrored(self.base.initial_state(frame, labels, reference.plain),
+                      reference: Mirrored, encoded: bool = False) -> Mirrored:
+        return Mirrored(self.base.initial_state(frame, labels, reference.plain, encoded),
                         self.base.initial_state(mirror(frame), mirror(labels),
-                                                reference.mirrored))
+                                                reference.mirrored, encoded))
 
     def step(self, frame: np.ndarray, reference: Mirrored,
              state: Mirrored) -> tuple[np.ndarray, Mirrored]:

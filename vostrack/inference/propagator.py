@@ -14,15 +14,9 @@ from typing import Collection, Protocol
 import cv2
 import numpy as np
 
-from vostrack.network.config import ModelConfig, working_size
+from vostrack.network.config import MatchingConfig, ModelConfig, working_size
 from vostrack.network.matching import UNKNOWN
-from vostrack.network.parts import PartsConfig, split_mask
-
-
-#: Config values read here, at run time: an exported graph follows its manifest for these, while
-#: every other value (top_k, temperature, window sizes...) is built into the graph at export.
-RUN_TIME_SETTINGS = frozenset({"matching.memory_frames", "matching.max_references",
-                               "parts.max_parts", "parts.min_part_area", "mirror_average"})
+from vostrack.network.parts import split_mask
 
 
 class Runtime(Protocol):
@@ -56,7 +50,6 @@ class MemoryFrame:
 class MatchingReference:
     object_ids: tuple[int, ...]  # channel c (1-based) holds object object_ids[c - 1]
     frames: tuple[MemoryFrame, ...]  # annotated frames, searched over the whole frame
-    last_frame: np.ndarray  # the last annotated image: initial_state reuses its encoding
 
     @functools.cached_property
     def memory(self) -> dict[str, np.ndarray]:
@@ -69,24 +62,45 @@ class MatchingState:
     recent: tuple[MemoryFrame, ...] = field(default_factory=tuple)  # newest last
 
 
+class Memory:
+    """The bounded memory of one video, as both propagators keep it: the annotated frames (the
+    first never dropped, at most ``max_references``) and the last ``memory_frames`` frames."""
+
+    def __init__(self, config: MatchingConfig):
+        self.config = config
+
+    def with_reference(self, previous: MatchingReference | None, ids: tuple[int, ...],
+                       encoded: MemoryFrame) -> MatchingReference:
+        old_ids = previous.object_ids if previous else ()
+        frames = tuple(f.with_objects(old_ids, ids) for f in previous.frames) if previous else ()
+        if len(frames) >= self.config.max_references:
+            frames = frames[:1] + frames[2:]  # the first annotation is never dropped
+        return MatchingReference(ids, frames + (encoded,))
+
+    def with_recent(self, state: MatchingState, out: dict[str, np.ndarray]) -> MatchingState:
+        recent = state.recent + (MemoryFrame(out["key"], out["grid"]),)
+        return MatchingState(recent[-self.config.memory_frames:])
+
+
 class MatchingPropagator:
-    """Label propagation against a bounded memory: annotated frames + the last few frames."""
+    """The matching branch alone: label propagation against a bounded memory (annotated frames
+    + the last few frames)."""
 
     def __init__(self, runtime: Runtime, name: str = "vostrack"):
         self.runtime = runtime
         self.name = name
-        self.config = runtime.config.matching
+        self.memory = Memory(runtime.config.matching)
 
     def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
                          previous: MatchingReference | None = None) -> MatchingReference:
         old_ids = previous.object_ids if previous else ()
         ids = tuple(sorted(set(old_ids) | {int(k) for k in np.unique(labels) if k}))
         out = self.runtime.run("encode_reference", {"frame": frame, "probs": one_hot(labels, ids)})
-        return self._extend(previous, ids, MemoryFrame(out["key"], out["grid"]), frame)
+        return self.memory.with_reference(previous, ids, MemoryFrame(out["key"], out["grid"]))
 
     def initial_state(self, frame: np.ndarray, labels: np.ndarray,
-                      reference: MatchingReference) -> MatchingState:
-        if np.array_equal(frame, reference.last_frame):
+                      reference: MatchingReference, encoded: bool = False) -> MatchingState:
+        if encoded:  # the reference was just made from this frame: its encoding serves
             return MatchingState((reference.frames[-1],))
         out = self.runtime.run("encode_reference",
                                {"frame": frame, "probs": one_hot(labels, reference.object_ids)})
@@ -94,9 +108,7 @@ class MatchingPropagator:
 
     def step(self, frame: np.ndarray, reference: MatchingReference,
              state: MatchingState) -> tuple[np.ndarray, MatchingState]:
-        out = self.run_step(frame, reference, state)
-        labels = label_map(out["index"], reference.object_ids)
-        return labels, self.advance(out, reference, state, labels)
+        return step_in_halves(self, frame, reference, state)
 
     # ``step`` in two halves, so that an ensemble (vostrack.inference.ensemble) can decide a
     # frame's labels from several members' outputs before each member moves on.
@@ -110,19 +122,15 @@ class MatchingPropagator:
     def advance(self, out: dict[str, np.ndarray], reference: MatchingReference,
                 state: MatchingState, labels: np.ndarray) -> MatchingState:
         """The state after a frame: ``out`` of :meth:`run_step`, ``labels`` as decided."""
-        return self._remember(state, out)
+        return self.memory.with_recent(state, out)
 
-    def _extend(self, previous: MatchingReference | None, ids: tuple[int, ...],
-                encoded: MemoryFrame, frame: np.ndarray) -> MatchingReference:
-        old_ids = previous.object_ids if previous else ()
-        frames = tuple(f.with_objects(old_ids, ids) for f in previous.frames) if previous else ()
-        if len(frames) >= self.config.max_references:
-            frames = frames[:1] + frames[2:]  # the first annotation is never dropped
-        return MatchingReference(ids, frames + (encoded,), frame)
 
-    def _remember(self, state: MatchingState, out: dict[str, np.ndarray]) -> MatchingState:
-        recent = state.recent + (MemoryFrame(out["key"], out["grid"]),)
-        return MatchingState(recent[-self.config.memory_frames:])
+def step_in_halves(propagator: "MatchingPropagator | PartsPropagator", frame: np.ndarray,
+                   reference: object, state: object) -> tuple[np.ndarray, object]:
+    """``step`` of the contract from a propagator's two halves (``run_step``, ``advance``)."""
+    out = propagator.run_step(frame, reference, state)
+    labels = label_map(out["index"], reference.object_ids)
+    return labels, propagator.advance(out, reference, state, labels)
 
 
 def label_map(index: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
@@ -187,7 +195,7 @@ class PartsState:
     prev_probs: np.ndarray  # (H/4, W/4, K) the objects on the last frame
 
 
-class PartsPropagator(MatchingPropagator):
+class PartsPropagator:
     """The full network: matching branch + part tracker + per-part mask head.
 
     Parts are made once per object, on the first frame that annotates it (k-means on its mask,
@@ -197,7 +205,9 @@ class PartsPropagator(MatchingPropagator):
     """
 
     def __init__(self, runtime: Runtime, name: str = "vostrack"):
-        super().__init__(runtime, name)
+        self.runtime = runtime
+        self.name = name
+        self.memory = Memory(runtime.config.matching)
         self.parts_config = runtime.config.parts
 
     def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
@@ -217,15 +227,15 @@ class PartsPropagator(MatchingPropagator):
             "part_valid": valid})
         new = PartRows(objects, valid, boxes, anchors, out["templates"], out["ref_p4"],
                        out["ref_mask"])
-        matching = self._extend(previous.matching if previous else None, ids,
-                                MemoryFrame(out["key"], out["grid"]), frame)
+        matching = self.memory.with_reference(previous.matching if previous else None, ids,
+                                              MemoryFrame(out["key"], out["grid"]))
         return PartsReference(matching, previous.parts + new if previous else new,
                               out["prev_probs"])
 
     def initial_state(self, frame: np.ndarray, labels: np.ndarray,
-                      reference: PartsReference) -> PartsState:
+                      reference: PartsReference, encoded: bool = False) -> PartsState:
         ids = reference.object_ids
-        if np.array_equal(frame, reference.matching.last_frame):
+        if encoded:  # the reference was just made from this frame: its encoding serves
             entry, prev_probs = reference.matching.frames[-1], reference.prev_probs
         else:
             out = self.runtime.run("encode_reference", {
@@ -235,6 +245,10 @@ class PartsPropagator(MatchingPropagator):
             entry, prev_probs = MemoryFrame(out["key"], out["grid"]), out["prev_probs"]
         return PartsState(MatchingState((entry,)), self._reseed(reference.parts, labels),
                           prev_probs)
+
+    def step(self, frame: np.ndarray, reference: PartsReference,
+             state: PartsState) -> tuple[np.ndarray, PartsState]:
+        return step_in_halves(self, frame, reference, state)
 
     def run_step(self, frame: np.ndarray, reference: PartsReference, state: PartsState,
                  skip: Collection[str] = ("probs",)) -> dict[str, np.ndarray]:
@@ -249,7 +263,8 @@ class PartsPropagator(MatchingPropagator):
                 state: PartsState, labels: np.ndarray) -> PartsState:
         boxes = (out["part_boxes"] if self.parts_config.track
                  else self._reseed(reference.parts, labels, state.part_boxes))
-        return PartsState(self._remember(state.matching, out), boxes, out["prev_probs"])
+        return PartsState(self.memory.with_recent(state.matching, out), boxes,
+                          out["prev_probs"])
 
     # ------------------------------------------------------------------------ helpers
     def _working_labels(self, labels: np.ndarray) -> np.ndarray:
@@ -258,8 +273,7 @@ class PartsPropagator(MatchingPropagator):
 
     def _split(self, work: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
         mask = work == k
-        parts = split_mask(mask, PartsConfig(max_parts=self.parts_config.max_parts,
-                                             min_part_area=self.parts_config.min_part_area))
+        parts = split_mask(mask, self.parts_config.splitting())
         n = len(parts.valid)
         return (parts.boxes.astype(np.float32), parts.valid, np.full(n, k),
                 np.tile(_anchor(mask), (n, 1)))

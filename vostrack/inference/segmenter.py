@@ -35,7 +35,7 @@ class VideoSegmenter:
             predicted, _ = self.propagator.step(frame, self.reference, self.state)
             labels = merge_annotation(predicted, annotation)
         self.reference = self.propagator.encode_reference(frame, labels, self.reference)
-        self.state = self.propagator.initial_state(frame, labels, self.reference)
+        self.state = self.propagator.initial_state(frame, labels, self.reference, encoded=True)
         return labels
 
     def add_reference(self, frame: np.ndarray, labels: np.ndarray) -> None:

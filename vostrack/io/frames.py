@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vostrack.errors import VostrackError
+from vostrack.errors import VostrackError, first_line
 
 log = logging.getLogger(__name__)
 EXIF_ORIENTATION = 0x0112
@@ -101,7 +101,7 @@ class FrameSource:
                 count += 1
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
         except (OSError, RuntimeError) as exc:
-            raise VostrackError(f"{self.path}: cannot decode the video ({_first_line(exc)})") from None
+            raise VostrackError(f"{self.path}: cannot decode the video ({first_line(exc)})") from None
         finally:
             reader.close()
         if count != self.num_frames:
@@ -186,7 +186,7 @@ def _open_video(path: Path, fps: float | None) -> FrameSource:
         meta = next(reader)
         reader.close()
     except (OSError, RuntimeError, StopIteration) as exc:
-        raise VostrackError(f"{path}: not a readable video ({_first_line(exc)})") from None
+        raise VostrackError(f"{path}: not a readable video ({first_line(exc)})") from None
     width, height = meta["size"]
     rate = float(fps or meta.get("fps") or DEFAULT_FOLDER_FPS)
     digits = max(5, len(str(num_frames - 1)))
@@ -257,7 +257,3 @@ def _ffmpeg_reason(errors: list[str]) -> str:
             return text
     return _strip_ffmpeg_prefix(errors[0]) if errors else ""
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

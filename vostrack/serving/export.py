@@ -34,7 +34,10 @@ from vostrack.network.config import PART_REFERENCE_INPUTS, PART_STEP_INPUTS, Mod
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vostrack-matching/1"
+#: What a model folder holds (its manifest's "format"): the whole network, matching branch and
+#: part path alike. FORMERLY: the same format under names it had before, still read.
+FORMAT = "vostrack-model/1"
+FORMERLY = ("vostrack-matching/1",)
 FROZEN_GRAPH = "frozen.pb"
 SAVED_MODEL = "saved_model"
 KERAS_WEIGHTS = "network.weights.h5"
