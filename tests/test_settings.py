@@ -87,3 +87,22 @@ def test_load_propagator_applies_run_time_settings_and_reads_the_former_format(t
         predicted, state = propagator.step(frame, reference, state)
         assert predicted.shape == labels[0].shape and predicted.dtype == np.uint8
     assert len(state.recent) == 2  # the memory follows the override
+
+
+def test_validate_set_is_a_setting_and_image_set_the_sequence_file(tmp_path, double):
+    from click.testing import CliRunner
+
+    from tests.test_cli_validate import make_tree
+    from vostrack.cli import cli
+
+    make_tree(tmp_path / "tree", num_frames=3)
+    listing = tmp_path / "val.txt"
+    listing.write_text("two\n")
+    fails(["validate", "--data", tmp_path / "tree", "--set", listing], "--image-set")
+    fails(["validate", "--data", tmp_path / "tree", "--results", tmp_path, "--set",
+           "parts.max_parts=2"], "with --results there is nothing to run")
+    result = CliRunner().invoke(cli, [str(a) for a in [
+        "validate", "--data", tmp_path / "tree", "--image-set", listing, "--output",
+        tmp_path / "segs", "-q", "--set", "parts.max_parts=2"]])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["two"]

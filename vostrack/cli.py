@@ -189,7 +189,7 @@ def _report_inputs(source, annotations, reader) -> None:
               help="A DAVIS tree (JPEGImages/480p, Annotations/480p, optional ImageSets).")
 @click.option("--results", "results_dir", type=click.Path(path_type=Path),
               help="Score the palette PNGs in RESULTS/<sequence>/ instead of running a model.")
-@click.option("--set", "set_file", type=click.Path(path_type=Path),
+@click.option("--image-set", "set_file", type=click.Path(path_type=Path),
               help="A file listing the sequences to score (e.g. ImageSets/2016/val.txt).")
 @click.option("--sequences", help="Comma-separated sequence names to score.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path),
@@ -214,7 +214,11 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
     from vostrack.evaluation.davis import DavisTree, score
 
     if set_file and sequences:
-        raise VostrackError("give --set or --sequences, not both")
+        raise VostrackError("give --image-set or --sequences, not both")
+    for value in settings:
+        if "=" not in value and Path(value).is_file():
+            raise VostrackError(f"--set takes KEY=VALUE (an inference setting); the file of "
+                                f"sequences to score is --image-set {value}")
     if csv_path is not None:
         _check_new_file(csv_path, "--csv", overwrite)
     for option, folder in (("--data", data_root), ("--results", results_dir)):
