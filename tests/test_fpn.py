@@ -1,5 +1,5 @@
-"""FPN layer: shapes on frame sizes that do and do not divide by 32, config round-trip, one
-training step, a TF graph with unknown sizes."""
+"""FPN layer: shapes on frame sizes that do and do not divide by 32, config round-trip and a TF
+graph with unknown sizes (tests/layer_harness.py), one training step."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.layer_harness import run_layer_test
 from vostrack.network.fpn import FeaturePyramid
 
 CHANNELS = {"C2": 3, "C3": 4, "C4": 5, "C5": 6}
@@ -56,17 +57,13 @@ def test_top_down_path_reaches_the_finest_level():
     assert np.abs(after - before).max() > 1e-3
 
 
-def test_config_round_trip():
-    layer = FeaturePyramid(channels=6, min_level=2, max_level=5, kernel_initializer="he_normal",
-                           name="fpn")
-    inputs = _inputs(64, 64)
-    layer(inputs)
-    clone = FeaturePyramid.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
-    clone(inputs)
-    clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(clone(inputs)["P3"]),
-                               keras.ops.convert_to_numpy(layer(inputs)["P3"]), atol=1e-6)
+def test_config_round_trip_and_tf_graph_with_unknown_frame_size():
+    # The round trip on a 64x64 frame; in a TF graph with every size but the channels unknown,
+    # two frame sizes (one not a multiple of 32) through one trace.
+    run_layer_test(FeaturePyramid, dict(channels=6, min_level=2, max_level=5,
+                                        kernel_initializer="he_normal", name="fpn"),
+                   (_inputs(64, 64),), traced_arg_sets=[(_inputs(96, 128),), (_inputs(80, 150),)],
+                   atol=1e-6, graph_atol=1e-5)
 
 
 def test_one_training_step_lowers_the_loss():
@@ -81,19 +78,3 @@ def test_one_training_step_lowers_the_loss():
     first = float(np.sum(model.train_on_batch(inputs, targets)))
     second = float(np.sum(model.evaluate(inputs, targets, verbose=0)))
     assert second < first
-
-
-def test_tf_graph_with_unknown_frame_size():
-    tf = pytest.importorskip("tensorflow")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TF graph check")
-    layer = FeaturePyramid(channels=4)
-    fn = tf.function(layer, input_signature=[
-        {k: tf.TensorSpec((None, None, None, c)) for k, c in CHANNELS.items()}])
-    for height, width in ((96, 128), (80, 150)):
-        inputs = _inputs(height, width)
-        outputs = fn(inputs)
-        eager = layer(inputs)
-        for key in outputs:
-            np.testing.assert_allclose(outputs[key].numpy(),
-                                       keras.ops.convert_to_numpy(eager[key]), atol=1e-5)

@@ -12,7 +12,7 @@ import pytest
 from keras import ops
 
 from tests.conftest import run_on_jax
-from vostrack.network.parts import (
+from tests.reference.parts import (
     encode_offsets,
     pixel_to_response,
     response_labels,

@@ -1,6 +1,6 @@
 """The per-part mask head: its crops (object channels, borders), shapes with an unknown number of
 parts in a TF graph, config round-trip, the untrained pass-through of the prior, a training step,
-mixed precision, and parity with JAX."""
+mixed precision, and parity with JAX (the layer checks: tests/layer_harness.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from keras import ops
 
-from tests.conftest import run_on_jax
+from tests.layer_harness import (
+    check_jax_parity,
+    check_traced,
+    randomize_weights,
+    run_layer_test,
+)
 from vostrack.network.mask_head import (
     INPUT_KEYS,
     PartMaskHead,
@@ -28,10 +33,11 @@ def _np(x):
     return ops.convert_to_numpy(x)
 
 
+HEAD_OPTIONS = dict(channels=8, refine_channels=(8, 4), global_kernel=3)
+
+
 def _head(**kwargs) -> PartMaskHead:
-    options = dict(channels=8, refine_channels=(8, 4), global_kernel=3)
-    options.update(kwargs)
-    return PartMaskHead(**options)
+    return PartMaskHead(**dict(HEAD_OPTIONS, **kwargs))
 
 
 def _scene(seed: int = 0, num_objects: int = 2):
@@ -111,25 +117,21 @@ def test_output_shapes_config_round_trip_and_pass_through_of_the_prior():
     # The reference mask is the object's: part 2 (object 1) sits on object 1's mask.
     np.testing.assert_array_equal(inputs["ref_mask"][2, 1:3, 1:3], 1)
     assert inputs["ref_mask"][2, 0, 0] < 0.1 and inputs["ref_mask"][3].max() == 0
-    head = _head(name="mask_head")
-    logits = _np(head(inputs))
+    # The round trip runs with random weights (the clone computes the same logits to 1e-5);
+    # the unknown number of parts is traced in test_tf_graph_with_unknown_number_of_parts, with
+    # the crops.
+    result = run_layer_test(PartMaskHead, dict(HEAD_OPTIONS, name="mask_head"), (inputs,),
+                            unknown_axes=None)
+    logits = result.outputs
     assert logits.shape == (4, 16, 16, 1) and logits.dtype == np.float32
     # Untrained: exactly the prior's logit (the output conv is zero), even where it saturates.
     np.testing.assert_allclose(logits, _logit(inputs["prior"]), rtol=0, atol=2e-6)
+    head = _head()
     saturated = dict(inputs, prior=np.where(inputs["prior"] > 0.5, 1.0, 0.0).astype(np.float32))
     np.testing.assert_allclose(_np(head(saturated)), _logit(saturated["prior"]), atol=2e-6)
-
-    clone = PartMaskHead.from_config(head.get_config())
-    assert clone.get_config() == head.get_config()
-    clone(inputs)
-    assert len(clone.weights) == len(head.weights)
-    # A head whose output conv is not zero does change the prior, and the clone follows it.
-    rng = np.random.RandomState(3)
-    head.set_weights([0.1 * rng.randn(*w.shape).astype(np.float32) for w in head.get_weights()])
-    clone.set_weights(head.get_weights())
-    trained = _np(head(inputs))
+    # A head whose output conv is not zero does change the prior.
+    trained = _np(result.layer(inputs))
     assert np.abs(trained - logits).max() > 1e-2
-    np.testing.assert_allclose(_np(clone(inputs)), trained, atol=1e-5)
     with pytest.raises(ValueError, match="must be 16x16"):
         head(dict(inputs, prior=inputs["prior"][:, :8, :8]))
     with pytest.raises(ValueError, match="missing inputs"):
@@ -170,42 +172,34 @@ def test_mixed_precision_outputs_float32(policy):
 
 
 def test_tf_graph_with_unknown_number_of_parts():
-    tf = pytest.importorskip("tensorflow")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TF graph check")
+    pytest.importorskip("tensorflow")
     scene = _scene()
     reference = {key: _np(value) for key, value in crop_reference(
         scene["ref"], scene["windows"], scene["box_indices"], scene["object_index"],
         scene["masks"], 4).items()}
     head = _head()
-    rng = np.random.RandomState(5)
     head(_inputs(scene))
-    head.set_weights([0.1 * rng.randn(*w.shape).astype(np.float32) for w in head.get_weights()])
-    level = {f"P{k}": tf.TensorSpec((1, None, None, CHANNELS)) for k in (2, 3, 4)}
+    randomize_weights(head, 0.1, seed=5)
 
-    @tf.function(input_signature=[level, tf.TensorSpec((None, 4)),
-                                  tf.TensorSpec((None,), tf.int32),
-                                  tf.TensorSpec((None,), tf.int32),
-                                  tf.TensorSpec((1, None, None, None)),
-                                  tf.TensorSpec((1, None, None, None)),
-                                  {"ref_p4": tf.TensorSpec((None, 4, 4, CHANNELS)),
-                                   "ref_mask": tf.TensorSpec((None, 4, 4, 1))}])
-    def step(pyramid, windows, box_indices, object_index, prev, prior, reference):
+    def crop_and_predict(pyramid, windows, box_indices, object_index, prev, prior, reference):
         inputs = crop_part_inputs(pyramid, windows, box_indices, object_index, prev, prior,
                                   reference, crop_size=4)
         return head(inputs)
 
     prev = scene["masks"][:, 3::4, 3::4]
-    graph = step(scene["cur"], scene["windows"], scene["box_indices"], scene["object_index"],
-                 prev, scene["prior"], reference)
+    every = (scene["cur"], scene["windows"], scene["box_indices"], scene["object_index"], prev,
+             scene["prior"], reference)
+    # Another number of parts through the same graph (one trace for both).
+    fewer = (scene["cur"], scene["windows"][:2], scene["box_indices"][:2],
+             scene["object_index"][:2], prev, scene["prior"],
+             {key: value[:2] for key, value in reference.items()})
+    # Unknown: the frame's size (pyramid, masks), the number of parts and of objects.
+    graph, graph_fewer = check_traced(crop_and_predict, [every, fewer],
+                                      [(1, 2), (0,), (0,), (0,), (1, 2, 3), (1, 2, 3), (0,)],
+                                      atol=1e-4)
     assert graph.shape == (4, 16, 16, 1)
-    np.testing.assert_allclose(graph.numpy(), _np(head(_inputs(scene))), atol=1e-4)
-    # Another number of parts through the same graph.
-    fewer = step(scene["cur"], scene["windows"][:2], scene["box_indices"][:2],
-                 scene["object_index"][:2], prev, scene["prior"],
-                 {key: value[:2] for key, value in reference.items()})
-    np.testing.assert_allclose(fewer.numpy(), graph.numpy()[:2], atol=1e-4)
-    assert step.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(graph, _np(head(_inputs(scene))), atol=1e-4)
+    np.testing.assert_allclose(graph_fewer, graph[:2], atol=1e-4)
 
 
 def test_jax_parity(tmp_path):
@@ -213,45 +207,30 @@ def test_jax_parity(tmp_path):
     inputs = _inputs(scene)
     head = _head()
     head(inputs)
-    rng = np.random.RandomState(7)
-    weights = [0.1 * rng.randn(*w.shape).astype(np.float32) for w in head.get_weights()]
-    head.set_weights(weights)
-    np.savez(tmp_path / "inputs.npz", **inputs)
-    np.savez(tmp_path / "weights.npz", *weights)
+    randomize_weights(head, 0.1, seed=7)
     np.savez(tmp_path / "scene.npz", windows=scene["windows"], masks=scene["masks"],
              prior=scene["prior"], object_index=scene["object_index"],
              **{f"ref_{k}": v for k, v in scene["ref"].items()},
              **{f"cur_{k}": v for k, v in scene["cur"].items()})
-    run_on_jax("""
+    # The head's logits to 1e-4 (the harness), and in the same JAX process the crops to 1e-5.
+    # Zeros: JAX compiles a random initialiser per weight shape (seconds); all are set anyway.
+    jax_out = check_jax_parity(head, (inputs,), tmp_path, atol=1e-4,
+                               config_overrides=dict(kernel_initializer="zeros"),
+                               extra_script="""
         import jax
-        import numpy as np
-        from keras import ops
-        from vostrack.network.mask_head import (PartMaskHead, crop_part_inputs,
-                                                crop_reference)
-        inputs = dict(np.load("inputs.npz"))
-        weights = np.load("weights.npz")
-        scene = dict(np.load("scene.npz"))
-        # Zeros: JAX compiles a random initialiser per weight shape (seconds); all are set below.
-        head = PartMaskHead(channels=8, refine_channels=(8, 4), global_kernel=3,
-                            kernel_initializer="zeros")
-        head.build({key: value.shape for key, value in inputs.items()})
-        head.set_weights([weights[f"arr_{i}"] for i in range(len(weights.files))])
+        from vostrack.network.mask_head import crop_part_inputs, crop_reference
 
         @jax.jit  # as in training; one compilation instead of one per op
-        def run(variables, inputs, s):
+        def crops(s):
             index = np.zeros(4, np.int32)
             ref = crop_reference({k: s[f"ref_{k}"] for k in ("P2", "P3", "P4")}, s["windows"],
                                  index, s["object_index"], s["masks"], 4)
-            crops = crop_part_inputs({k: s[f"cur_{k}"] for k in ("P2", "P3", "P4")},
-                                     s["windows"], index, s["object_index"],
-                                     s["masks"][:, 3::4, 3::4], s["prior"], ref, 4)
-            return head.stateless_call(variables, [], inputs)[0], crops
+            return crop_part_inputs({k: s[f"cur_{k}"] for k in ("P2", "P3", "P4")},
+                                    s["windows"], index, s["object_index"],
+                                    s["masks"][:, 3::4, 3::4], s["prior"], ref, 4)
 
-        logits, crops = run([v.value for v in head.trainable_variables], inputs, scene)
-        np.savez("outputs.npz", logits=np.asarray(logits),
-                 **{k: np.asarray(v) for k, v in crops.items()})
-    """, tmp_path)
-    jax_out = np.load(tmp_path / "outputs.npz")
+        outputs.update({f"crop/{k}": np.asarray(v)
+                        for k, v in crops(dict(np.load("scene.npz"))).items()})
+    """)
     for key, value in inputs.items():
-        np.testing.assert_allclose(jax_out[key], value, atol=1e-5, err_msg=key)
-    np.testing.assert_allclose(jax_out["logits"], _np(head(inputs)), atol=1e-4)
+        np.testing.assert_allclose(jax_out[f"crop/{key}"], value, atol=1e-5, err_msg=key)

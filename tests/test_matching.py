@@ -5,31 +5,10 @@ from __future__ import annotations
 import numpy as np
 from keras import ops
 
-from vostrack.network.matching import (UNKNOWN, l2_normalize, propagate_labels, read_votes,
+from tests.reference.matching import naive_propagation
+from vostrack.network.cosine import l2_normalize
+from vostrack.network.matching import (KEY_EPSILON, UNKNOWN, propagate_labels, read_votes,
                                        window_indices)
-
-
-def naive_propagation(query, keys, probs, local, valid, radius, top_k, temperature):
-    h, w, _ = query.shape
-    out = np.zeros((h, w, probs.shape[-1]))
-    for y in range(h):
-        for x in range(w):
-            candidates = []
-            for m in range(keys.shape[0]):
-                if not valid[m]:
-                    continue
-                for yy in range(h):
-                    for xx in range(w):
-                        if local[m] and (abs(yy - y) > radius or abs(xx - x) > radius):
-                            continue
-                        candidates.append((float(query[y, x] @ keys[m, yy, xx]), probs[m, yy, xx]))
-            candidates.sort(key=lambda c: -c[0])
-            best = candidates[:top_k]
-            scores = np.array([c[0] for c in best]) / temperature
-            weights = np.exp(scores - scores.max())
-            weights /= weights.sum()
-            out[y, x] = sum(wt * p for wt, (_, p) in zip(weights, best))
-    return out
 
 
 def test_propagation_matches_a_naive_loop():
@@ -65,8 +44,12 @@ def test_window_indices_and_normalisation():
     index, inside = (ops.convert_to_numpy(a) for a in window_indices(3, 4, 1))
     assert index.shape == (12, 9) and inside[0].sum() == 4 and inside[5].sum() == 9
     assert sorted(index[5][inside[5]].tolist()) == [0, 1, 2, 4, 5, 6, 8, 9, 10]
-    x = ops.convert_to_numpy(l2_normalize(np.array([[3.0, 4.0]])))
-    np.testing.assert_allclose(x, [[0.6, 0.8]], atol=1e-6)
+    for rsqrt in (False, True):
+        x = ops.convert_to_numpy(l2_normalize(np.array([[3.0, 4.0]]), KEY_EPSILON, rsqrt=rsqrt))
+        np.testing.assert_allclose(x, [[0.6, 0.8]], atol=1e-6)
+    # An all-zero cell (outside the frame) stays zero.
+    zero = ops.convert_to_numpy(l2_normalize(np.zeros((1, 3), np.float32), 1e-6, rsqrt=True))
+    assert not zero.any() and np.isfinite(zero).all()
 
 
 def test_votes_of_frames_that_never_saw_an_object_do_not_count_against_it():

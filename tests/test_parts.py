@@ -1,13 +1,16 @@
-"""Part maths: mask splitting, boxes and windows, response labels, decoding; and the cell-centre
-convention checked on the real backbone."""
+"""Part maths: mask splitting; the numpy references of boxes and windows, response labels and
+decoding (tests/reference/parts.py: the oracles must be right too); and the cell-centre convention
+checked on the real backbone."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from tests.reference import parts as R
 from vostrack.data.procedural import Scene, SceneConfig
 from vostrack.network import parts as P
+from vostrack.network.boxes import feature_to_pixel
 
 
 def _coverage(mask: np.ndarray, boxes: np.ndarray, valid: np.ndarray) -> float:
@@ -89,7 +92,7 @@ def test_split_is_deterministic_and_ordered():
     first = P.split_mask(mask, config)
     second = P.split_mask(mask.copy(), config)
     np.testing.assert_array_equal(first.boxes, second.boxes)
-    centres = P.box_centres_sizes(first.boxes[first.valid])[0]
+    centres = R.box_centres_sizes(first.boxes[first.valid])[0]
     assert first.count == 6
     assert _coverage(mask, first.boxes, first.valid) == 1.0  # subsampled k-means, full assignment
     assert np.all(np.diff(centres) >= -20)  # roughly top to bottom
@@ -137,33 +140,33 @@ def test_batch_parts():
     config = P.PartsConfig(max_parts=3, min_part_area=100)
     a = P.split_mask(_rectangle(), config)
     b = P.split_mask(np.zeros((10, 10), bool), config)
-    batch = P.batch_parts([a, b])
+    batch = R.batch_parts([a, b])
     assert batch.boxes.shape == (6, 4)
     np.testing.assert_array_equal(batch.object_index, [0, 0, 0, 1, 1, 1])
     np.testing.assert_array_equal(batch.valid, [True, True, True, False, False, False])
     with pytest.raises(ValueError):
-        P.batch_parts([a, P.split_mask(_rectangle(), P.PartsConfig(max_parts=4))])
+        R.batch_parts([a, P.split_mask(_rectangle(), P.PartsConfig(max_parts=4))])
 
 
 def test_box_helpers():
     box = np.array([[10, 20, 30, 60]], np.float32)  # h 20, w 40
-    window = P.expand_box(box, context=0.5)
-    cy, cx, h, w = P.box_centres_sizes(window)
+    window = R.expand_box(box, context=0.5)
+    cy, cx, h, w = R.box_centres_sizes(window)
     np.testing.assert_allclose([cy[0], cx[0]], [20, 40])
     np.testing.assert_allclose([h[0], w[0]], [np.sqrt(50 * 70)] * 2, rtol=1e-6)
-    np.testing.assert_allclose(P.expand_box(box, 0.5, square=False),
+    np.testing.assert_allclose(R.expand_box(box, 0.5, square=False),
                                [[-5, 5, 45, 75]])
-    np.testing.assert_allclose(P.expand_box(np.zeros((1, 4), np.float32), min_side=8),
+    np.testing.assert_allclose(R.expand_box(np.zeros((1, 4), np.float32), min_side=8),
                                [[-4, -4, 4, 4]])
-    search = P.search_window(box, context=0.5, factor=3)
-    np.testing.assert_allclose(P.box_centres_sizes(search)[2], 3 * h, rtol=1e-6)
-    np.testing.assert_allclose(P.clip_boxes(np.array([[-5, 3, 50, 200]]), 40, 100),
+    search = R.search_window(box, context=0.5, factor=3)
+    np.testing.assert_allclose(R.box_centres_sizes(search)[2], 3 * h, rtol=1e-6)
+    np.testing.assert_allclose(R.clip_boxes(np.array([[-5, 3, 50, 200]]), 40, 100),
                                [[0, 3, 40, 100]])
     coords = np.array([0.0, 7.5, 100.0])
-    np.testing.assert_allclose(P.feature_to_pixel(P.pixel_to_feature(coords, 8), 8), coords,
+    np.testing.assert_allclose(R.feature_to_pixel(R.pixel_to_feature(coords, 8), 8), coords,
                                atol=1e-5)
     # Cell 0 at stride 8 is centred on pixel 7 (continuous 7.5), cell 2 on pixel 23.
-    np.testing.assert_allclose(P.feature_to_pixel(np.array([0, 2]), 8), [7.5, 23.5])
+    np.testing.assert_allclose(R.feature_to_pixel(np.array([0, 2]), 8), [7.5, 23.5])
 
 
 def test_cell_centre_convention_holds_on_the_backbone():
@@ -193,7 +196,9 @@ def test_cell_centre_convention_holds_on_the_backbone():
         assert 0 < rows[0] and rows[-1] < size - 1, "receptive field clipped by the border"
         centre_pixel = (rows[0] + rows[-1]) / 2
         assert centre_pixel == stride * j + stride - 1
-        assert P.feature_to_pixel(np.array([j]), stride)[0] == centre_pixel + 0.5
+        # The convention the graph computes with (vostrack.network.boxes).
+        assert float(keras.ops.convert_to_numpy(feature_to_pixel(
+            keras.ops.convert_to_tensor([j], "float32"), stride))[0]) == centre_pixel + 0.5
 
 
 def test_response_geometry_round_trip_and_centre():
@@ -201,17 +206,17 @@ def test_response_geometry_round_trip_and_centre():
     t, x = 8, 24
     r = P.response_size(t, x)
     assert r == 17
-    centre = P.response_to_pixel(np.array([(r - 1) / 2]), window[:, 0], 96.0, t, x)
+    centre = R.response_to_pixel(np.array([(r - 1) / 2]), window[:, 0], 96.0, t, x)
     np.testing.assert_allclose(centre, [148.0])  # the window's centre: no motion
-    np.testing.assert_allclose(P.response_to_pixel(np.array([9.0]), window[:, 0], 96.0, t, x),
+    np.testing.assert_allclose(R.response_to_pixel(np.array([9.0]), window[:, 0], 96.0, t, x),
                                [152.0])  # one cell = one sample spacing
     coords = np.array([123.4, 150.0])
-    back = P.response_to_pixel(P.pixel_to_response(coords, 100.0, 96.0, t, x), 100.0, 96.0, t, x)
+    back = R.response_to_pixel(R.pixel_to_response(coords, 100.0, 96.0, t, x), 100.0, 96.0, t, x)
     np.testing.assert_allclose(back, coords, atol=1e-4)
 
 
 def test_response_labels():
-    labels, weights = P.response_labels(17, (8, 10), radius=2)
+    labels, weights = R.response_labels(17, (8, 10), radius=2)
     assert labels[8, 10] == 1 and labels[8, 12] == 1 and labels[8, 13] == 0
     assert labels[6, 10] == 1 and labels[10, 12] == 0
     assert labels.sum() == 13
@@ -230,14 +235,14 @@ def test_decode_finds_a_planted_peak():
     t, x = 8, 24
     r = P.response_size(t, x)
     previous = np.array([[130.0, 40.0, 150.0, 70.0]], np.float32)  # centre (140, 55), 20 x 30
-    window = P.search_window(previous, 0.5, x / t)
+    window = R.search_window(previous, 0.5, x / t)
     side = window[0, 2] - window[0, 0]
     peak = (11.3, 5.6)  # continuous response coordinates, off the centre (8, 8)
     response = _planted(r, peak)
-    boxes, scores = P.decode_response(response, window, previous, t, x, window_influence=0.1)
-    expected_cy = P.response_to_pixel(peak[0], window[0, 0], side, t, x)
-    expected_cx = P.response_to_pixel(peak[1], window[0, 1], side, t, x)
-    cy, cx, h, w = P.box_centres_sizes(boxes)
+    boxes, scores = R.decode_response(response, window, previous, t, x, window_influence=0.1)
+    expected_cy = R.response_to_pixel(peak[0], window[0, 0], side, t, x)
+    expected_cx = R.response_to_pixel(peak[1], window[0, 1], side, t, x)
+    cy, cx, h, w = R.box_centres_sizes(boxes)
     spacing = side / x
     # A Gaussian is not a parabola: the refinement is good to a small fraction of a cell.
     assert abs(cy[0] - expected_cy) < 0.15 * spacing and abs(cx[0] - expected_cx) < 0.15 * spacing
@@ -250,20 +255,20 @@ def test_decode_with_offsets_and_window_penalty():
     r = P.response_size(t, x)
     previous = np.array([[100.0, 100.0, 120.0, 140.0]], np.float32)
     target = np.array([[110.0, 90.0, 140.0, 120.0]], np.float32)
-    window = P.search_window(previous, 0.5, x / t)
-    offsets = P.encode_offsets(target, previous, window, t, x)
+    window = R.search_window(previous, 0.5, x / t)
+    offsets = R.encode_offsets(target, previous, window, t, x)
     assert offsets.shape == (1, r, r, 4)
     # The peak cell is the one nearest the target; decoding its offsets gives back the box.
-    ty = P.pixel_to_response(125.0, window[0, 0], window[0, 2] - window[0, 0], t, x)
-    tx = P.pixel_to_response(105.0, window[0, 1], window[0, 3] - window[0, 1], t, x)
+    ty = R.pixel_to_response(125.0, window[0, 0], window[0, 2] - window[0, 0], t, x)
+    tx = R.pixel_to_response(105.0, window[0, 1], window[0, 3] - window[0, 1], t, x)
     response = _planted(r, (round(float(ty)), round(float(tx))), sharpness=2.0)
-    boxes, _ = P.decode_response(response, window, previous, t, x, offsets=offsets)
+    boxes, _ = R.decode_response(response, window, previous, t, x, offsets=offsets)
     np.testing.assert_allclose(boxes, target, atol=1e-3)
     # Two equal peaks: the cosine window picks the one nearer the centre.
     two = np.maximum(_planted(r, (8, 11), sharpness=2.0), _planted(r, (8, 2), sharpness=2.0))
-    boxes, _ = P.decode_response(two, window, previous, t, x)
-    cx = P.box_centres_sizes(boxes)[1][0]
-    expected = P.response_to_pixel(11.0, window[0, 1], window[0, 3] - window[0, 1], t, x)
+    boxes, _ = R.decode_response(two, window, previous, t, x)
+    cx = R.box_centres_sizes(boxes)[1][0]
+    expected = R.response_to_pixel(11.0, window[0, 1], window[0, 3] - window[0, 1], t, x)
     assert abs(cx - expected) < 1e-3
 
 
@@ -271,9 +276,9 @@ def test_decode_keeps_invalid_parts():
     t, x = 8, 24
     r = P.response_size(t, x)
     previous = np.array([[10, 10, 30, 30], [0, 0, 0, 0]], np.float32)
-    window = P.search_window(previous, 0.5, 3.0)
+    window = R.search_window(previous, 0.5, 3.0)
     response = _planted(r, (3, 13), n=2)
-    boxes, scores = P.decode_response(response, window, previous, t, x,
+    boxes, scores = R.decode_response(response, window, previous, t, x,
                                       valid=np.array([True, False]))
     assert not np.allclose(boxes[0], previous[0])
     np.testing.assert_array_equal(boxes[1], previous[1])

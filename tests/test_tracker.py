@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from keras import ops
 
-from vostrack.network import parts as P
+from tests.layer_harness import ALL_BUT_LAST, check_traced, run_layer_test
+from tests.reference import parts as R
+from vostrack.network.parts import response_size
 from vostrack.network.tracker import (
     PartTracker,
     decode_response,
@@ -49,22 +51,22 @@ def test_windows_match_the_numpy_reference():
     boxes = boxes[:, [0, 1, 2, 3]].astype(np.float32)
     boxes[-1] = 0  # a padding row
     np.testing.assert_allclose(ops.convert_to_numpy(template_windows(boxes, 0.5, 12.0)),
-                               P.expand_box(boxes, 0.5, 12.0), rtol=1e-5, atol=1e-3)
+                               R.expand_box(boxes, 0.5, 12.0), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(ops.convert_to_numpy(search_windows(boxes, 0.5, 3.0, 12.0)),
-                               P.search_window(boxes, 0.5, 3.0, 12.0), rtol=1e-5, atol=1e-3)
+                               R.search_window(boxes, 0.5, 3.0, 12.0), rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("with_offsets", [False, True])
 def test_decode_matches_the_numpy_reference(with_offsets):
     rng = np.random.RandomState(1)
     n, t, x = 5, 8, 24
-    r = P.response_size(t, x)
+    r = response_size(t, x)
     response = rng.randn(n, r, r, 1).astype(np.float32)
     offsets = 0.3 * rng.randn(n, r, r, 4).astype(np.float32) if with_offsets else None
     previous = np.array([[10, 20, 40, 60]] * n, np.float32) + rng.uniform(0, 50, (n, 1))
-    windows = P.search_window(previous, 0.5, 3.0)
+    windows = R.search_window(previous, 0.5, 3.0)
     valid = np.array([True, True, False, True, True])
-    ref_boxes, ref_scores = P.decode_response(response, windows, previous, t, x, offsets,
+    ref_boxes, ref_scores = R.decode_response(response, windows, previous, t, x, offsets,
                                               window_influence=0.3, size_lr=0.7, valid=valid)
     boxes, scores = decode_response(response, windows, previous, t, x, offsets,
                                     window_influence=0.3, size_lr=0.7, valid=valid)
@@ -113,22 +115,19 @@ def test_padded_parts_do_not_affect_valid_ones():
 
 
 def test_output_shapes_and_config_round_trip():
-    tracker = _tracker(adjust_channels=None, head_channels=4, name="tracker")
     templates = np.random.RandomState(0).randn(3, 8, 8, CHANNELS).astype(np.float32)
     search = np.random.RandomState(1).randn(3, 24, 24, CHANNELS).astype(np.float32)
-    out = tracker(templates, search)
-    assert tuple(out["response"].shape) == (3, 17, 17, 1)
-    assert tuple(out["offsets"].shape) == (3, 17, 17, 4)
+    options = dict(stride=STRIDE, template_size=8, search_size=24, adjust_channels=None,
+                   head_channels=4, name="tracker")
+    # No graph check here: the crops' sizes are static (T, X); the call with an unknown number
+    # of parts is traced in test_tf_graph_with_unknown_number_of_parts.
+    out = run_layer_test(PartTracker, options, (templates, search), unknown_axes=None).outputs
+    assert out["response"].shape == (3, 17, 17, 1)
+    assert out["offsets"].shape == (3, 17, 17, 4)
     # Untrained: the response is the affine map of the cosine similarity, offsets are zero.
-    np.testing.assert_allclose(ops.convert_to_numpy(out["response"]),
-                               5.0 * ops.convert_to_numpy(out["similarity"]) - 2.5, atol=1e-5)
-    assert not ops.convert_to_numpy(out["offsets"]).any()
-    similarity = ops.convert_to_numpy(out["similarity"])
-    assert similarity.min() >= -1 and similarity.max() <= 1
-    clone = PartTracker.from_config(tracker.get_config())
-    assert clone.get_config() == tracker.get_config()
-    clone(templates, search)
-    assert len(clone.weights) == len(tracker.weights)
+    np.testing.assert_allclose(out["response"], 5.0 * out["similarity"] - 2.5, atol=1e-5)
+    assert not out["offsets"].any()
+    assert out["similarity"].min() >= -1 and out["similarity"].max() <= 1
     with pytest.raises(ValueError, match="even"):
         PartTracker(template_size=8, search_size=23)
 
@@ -143,13 +142,13 @@ def test_one_training_step_lowers_the_loss():
     search = ops.convert_to_numpy(search)
     windows = ops.convert_to_numpy(windows)
     target = boxes + STRIDE * np.array([[3, -2, 3, -2], [-4, 1, -4, 1]], np.float32)
-    cy, cx, _, _ = P.box_centres_sizes(target)
+    cy, cx, _, _ = R.box_centres_sizes(target)
     side = windows[:, 2] - windows[:, 0]
     labels = []
     for n in range(2):
-        centre = (P.pixel_to_response(cy[n], windows[n, 0], side[n], 8, 24),
-                  P.pixel_to_response(cx[n], windows[n, 1], side[n], 8, 24))
-        labels.append(P.response_labels(17, centre, radius=1.5)[0])
+        centre = (R.pixel_to_response(cy[n], windows[n, 0], side[n], 8, 24),
+                  R.pixel_to_response(cx[n], windows[n, 1], side[n], 8, 24))
+        labels.append(R.response_labels(17, centre, radius=1.5)[0])
     labels = np.stack(labels)[..., None]
 
     template_in = keras.Input((8, 8, CHANNELS))
@@ -163,25 +162,20 @@ def test_one_training_step_lowers_the_loss():
 
 
 def test_tf_graph_with_unknown_number_of_parts():
-    tf = pytest.importorskip("tensorflow")
-    if keras.backend.backend() != "tensorflow":
-        pytest.skip("TF graph check")
+    pytest.importorskip("tensorflow")
     frames, boxes = _scene([(3, -2), (-4, 1)])
     tracker = _tracker(use_offsets=False)
-    templates = tracker.crop_templates(frames, boxes, np.zeros(2, np.int32))
+    templates = ops.convert_to_numpy(tracker.crop_templates(frames, boxes,
+                                                            np.zeros(2, np.int32)))
 
-    @tf.function(input_signature=[tf.TensorSpec((None, None, None, CHANNELS)),
-                                  tf.TensorSpec((None, 8, 8, CHANNELS)),
-                                  tf.TensorSpec((None, 4)), tf.TensorSpec((None,), tf.int32),
-                                  tf.TensorSpec((None,), tf.bool)])
-    def step(features, templates, boxes, indices, valid):
+    def track_frame(features, templates, boxes, indices, valid):
         out = tracker.track(features, templates, boxes, indices, valid)
         return out["boxes"], out["scores"]
 
-    graph_boxes, graph_scores = step(frames, templates, boxes, np.ones(2, np.int32),
-                                     np.ones(2, bool))
-    eager = tracker.track(frames, templates, boxes, np.ones(2, np.int32), np.ones(2, bool))
-    np.testing.assert_allclose(graph_boxes.numpy(), ops.convert_to_numpy(eager["boxes"]),
-                               atol=1e-4)
-    np.testing.assert_allclose(graph_scores.numpy(), ops.convert_to_numpy(eager["scores"]),
-                               atol=1e-6)
+    args = (frames, templates, boxes, np.ones(2, np.int32), np.ones(2, bool))
+    # The frame's size and the number of parts unknown; the crops' sizes static.
+    (graph_boxes, graph_scores), = check_traced(
+        track_frame, [args], [ALL_BUT_LAST, (0,), (0,), (0,), (0,)], atol=1e-4,
+        traces=2)  # the tracker is built in the graph: its variables cost a second trace
+    eager = tracker.track(*args)
+    np.testing.assert_allclose(graph_scores, ops.convert_to_numpy(eager["scores"]), atol=1e-6)

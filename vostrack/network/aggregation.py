@@ -4,7 +4,7 @@ soft aggregation over objects. ``keras.ops`` only; no Python loop over parts; N 
 
 Output grids. :func:`paste_parts` writes onto a stride-``stride`` grid of the padded frame whose
 cell ``i`` is centred on the continuous pixel coordinate ``stride * i + stride - 0.5`` (pixel
-``stride * i + stride - 1``): the feature-grid convention of :mod:`vostrack.network.parts`, so
+``stride * i + stride - 1``): the feature-grid convention of :mod:`vostrack.network.boxes`, so
 that ``stride=1`` is the frame's own pixels, and a stride-4 result is brought to the frame with
 :func:`vostrack.network.roi.resize_aligned` (``ratio=4``) and read back as the next frame's
 ``prev_mask`` by :func:`vostrack.network.mask_head.crop_part_inputs` (``prev_stride=4``). Pasting
@@ -21,6 +21,8 @@ from typing import Any, Sequence
 
 from keras import ops
 
+from vostrack.network.boxes import feature_to_pixel
+
 
 def _paste_weights(start: Any, end: Any, size: int, out_size: Any,
                    stride: int) -> tuple[Any, Any]:
@@ -33,7 +35,7 @@ def _paste_weights(start: Any, end: Any, size: int, out_size: Any,
     weights ``max(0, 1 - |t - i|)``, which sum to 1. Cells whose centre is outside [start, end)
     get all-zero rows. Returns the weights (N, out_size, size) and ``inside`` (N, out_size).
     """
-    centres = (ops.cast(ops.arange(out_size), "float32") * float(stride)) + (stride - 0.5)
+    centres = feature_to_pixel(ops.cast(ops.arange(out_size), "float32"), stride)
     extent = end - start
     safe = ops.where(extent > 0.0, extent, 1.0)
     t = (centres[None, :] - start[:, None]) / safe[:, None] * float(size) - 0.5

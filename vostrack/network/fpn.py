@@ -25,6 +25,7 @@ from typing import Any
 import keras
 from keras import layers, ops
 
+from vostrack.network.keras_utils import clone_initializer
 from vostrack.network.roi import resize_aligned
 
 
@@ -61,22 +62,18 @@ class FeaturePyramid(layers.Layer):
         for level in self.levels:
             shape = tuple(inputs_shape[f"C{level}"])
             lateral = layers.Conv2D(self.channels, 1, padding="same",
-                                    kernel_initializer=self._initializer(),
+                                    kernel_initializer=clone_initializer(self.kernel_initializer),
                                     data_format="channels_last", dtype=self.dtype_policy,
                                     name=f"lateral_P{level}")
             lateral.build(shape)
             smooth = layers.Conv2D(self.channels, 3, padding="same",
-                                   kernel_initializer=self._initializer(),
+                                   kernel_initializer=clone_initializer(self.kernel_initializer),
                                    data_format="channels_last", dtype=self.dtype_policy,
                                    name=f"output_P{level}")
             smooth.build(shape[:-1] + (self.channels,))
             self.lateral_convs[f"P{level}"] = lateral
             self.output_convs[f"P{level}"] = smooth
         self.built = True
-
-    def _initializer(self) -> Any:
-        # A fresh instance per conv: one shared unseeded instance may repeat its values.
-        return keras.initializers.get(keras.initializers.serialize(self.kernel_initializer))
 
     def call(self, inputs: dict[str, Any]) -> dict[str, Any]:
         outputs: dict[str, Any] = {}

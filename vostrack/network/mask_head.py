@@ -63,6 +63,9 @@ from typing import Any, Sequence
 import keras
 from keras import layers, ops
 
+from vostrack.network.boxes import bin_centres, expand_boxes, pixel_to_feature
+from vostrack.network.cosine import l2_normalize
+from vostrack.network.keras_utils import clone_initializer
 from vostrack.network.roi import sample_bilinear
 
 INPUT_KEYS = ("cur_p4", "cur_p3", "cur_p2", "ref_p4", "ref_mask", "prev_mask", "prior")
@@ -77,21 +80,7 @@ def mask_windows(boxes: Any, context: float = 0.25, min_side: float = 32.0) -> A
     axes (not squared: the crops keep the most resolution, and a part's reference and current
     windows are stretched alike), each side at least ``min_side`` pixels. The head's crops and
     :func:`vostrack.network.aggregation.paste_parts` must use the same windows."""
-    boxes = ops.cast(boxes, "float32")
-    cy = (boxes[:, 0] + boxes[:, 2]) * 0.5
-    cx = (boxes[:, 1] + boxes[:, 3]) * 0.5
-    h = boxes[:, 2] - boxes[:, 0]
-    w = boxes[:, 3] - boxes[:, 1]
-    pad = context * (h + w)
-    h = ops.maximum(h + pad, float(min_side))
-    w = ops.maximum(w + pad, float(min_side))
-    return ops.stack([cy - h * 0.5, cx - w * 0.5, cy + h * 0.5, cx + w * 0.5], axis=1)
-
-
-def _bin_pixels(start: Any, end: Any, size: int) -> Any:
-    """Continuous pixel coordinates (N, size) of the centres of ``size`` bins of [start, end)."""
-    steps = (ops.arange(size, dtype="float32") + 0.5) / float(size)
-    return start[:, None] + steps[None, :] * (end - start)[:, None]
+    return expand_boxes(boxes, context, min_side, square=False)
 
 
 def crop_window(features: Any, boxes: Any, box_indices: Any, size: int, stride: int) -> Any:
@@ -106,11 +95,10 @@ def crop_window(features: Any, boxes: Any, box_indices: Any, size: int, stride: 
     shape = ops.shape(features)
     height = ops.cast(shape[1], "float32")
     width = ops.cast(shape[2], "float32")
-    py = _bin_pixels(boxes[:, 0], boxes[:, 2], size)
-    px = _bin_pixels(boxes[:, 1], boxes[:, 3], size)
-    offset = stride - 0.5  # cell j is centred on continuous pixel s*j + s - 0.5
-    ys = ops.clip((py - offset) / float(stride), 0.0, height - 1.0)
-    xs = ops.clip((px - offset) / float(stride), 0.0, width - 1.0)
+    py = bin_centres(boxes[:, 0], boxes[:, 2], size)
+    px = bin_centres(boxes[:, 1], boxes[:, 3], size)
+    ys = ops.clip(pixel_to_feature(py, stride), 0.0, height - 1.0)
+    xs = ops.clip(pixel_to_feature(px, stride), 0.0, width - 1.0)
     values = sample_bilinear(features, ys, xs, box_indices)
     in_y = ops.logical_and(py >= 0.0, py < height * float(stride))
     in_x = ops.logical_and(px >= 0.0, px < width * float(stride))
@@ -164,7 +152,7 @@ def crop_part_inputs(pyramid: dict[str, Any], windows: Any, box_indices: Any, ob
         8, 16 of the padded frame).
     windows: (N, 4) pixel mask windows (:func:`mask_windows` of the tracked part boxes).
     box_indices: (N,) int, the image of each part in the batch (zeros for one frame).
-    object_index: (N,) int in [0, K), the part's object (``PartBatch.object_index``).
+    object_index: (N,) int in [0, K), the part's object (the step's ``part_object``).
     prev_mask: (B, H', W', K) previous-frame object probabilities at ``prev_stride`` (1: frame
         resolution; 4: the stride-4 grid that :func:`vostrack.network.aggregation.paste_parts`
         produces, cell i centred on pixel 4i + 3).
@@ -207,8 +195,8 @@ def _prototype_similarity(features: Any, ref: Any, weights: Any) -> Any:
     features, ref, weights = (ops.cast(x, "float32") for x in (features, ref, weights))
     total = ops.sum(weights, axis=(1, 2), keepdims=True)
     proto = ops.sum(ref * weights, axis=(1, 2), keepdims=True) / (total + 1e-6)
-    proto = proto * ops.rsqrt(ops.sum(ops.square(proto), axis=-1, keepdims=True) + 1e-6)
-    unit = features * ops.rsqrt(ops.sum(ops.square(features), axis=-1, keepdims=True) + 1e-6)
+    proto = l2_normalize(proto, 1e-6, rsqrt=True)
+    unit = l2_normalize(features, 1e-6, rsqrt=True)
     return ops.cast(ops.sum(unit * proto, axis=-1, keepdims=True), dtype)
 
 
@@ -251,11 +239,8 @@ class PartMaskHead(layers.Layer):
             options = dict(kernel_initializer="zeros", bias_initializer="zeros",
                            dtype="float32")
         else:
-            # A fresh instance per conv (a shared unseeded one may repeat its values); not via
-            # serialize(), which imports TensorFlow when it is installed, even on JAX.
-            initializer = self.kernel_initializer.__class__.from_config(
-                self.kernel_initializer.get_config())
-            options = dict(kernel_initializer=initializer, dtype=self.dtype_policy)
+            options = dict(kernel_initializer=clone_initializer(self.kernel_initializer),
+                           dtype=self.dtype_policy)
         conv = layers.Conv2D(filters, kernel, padding="same", data_format="channels_last",
                              name=name, **options)
         conv.build((None, None, None, in_channels))

@@ -1,11 +1,12 @@
 """The matching branch: labels propagated from a memory of encoded frames by pixel affinity.
 
-Every query cell of the current frame is compared (cosine similarity of L2-normalised features)
-with cells of the memory frames; the ``top_k`` best matches vote, with softmax weights at
-``temperature``, for their stored object probabilities. Reference (annotated) frames are searched
-over the whole frame; previous frames only within a window of ``radius`` cells, which keeps
-distant look-alikes from stealing an object and, since only the window's cells are candidates,
-makes the top-k search several times cheaper. Written with keras.ops only (TF, JAX, torch).
+Every query cell of the current frame is compared (cosine similarity of features L2-normalised
+with :data:`KEY_EPSILON`) with cells of the memory frames; the ``top_k`` best matches vote, with
+softmax weights at ``temperature``, for their stored object probabilities. Reference
+(annotated) frames are searched over the whole frame; previous frames only within a window of
+``radius`` cells, which keeps distant look-alikes from stealing an object and, since only the
+window's cells are candidates, makes the top-k search several times cheaper. Written with
+keras.ops only (TF, JAX, torch).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from keras import ops
 
 _DISALLOWED = -1e4  # affinity given to candidates a query may not match (softmax weight 0)
 UNKNOWN = -1.0  # memory probability of an object the frame never saw (see read_votes)
-
-
-def l2_normalize(features: Any, axis: int = -1) -> Any:
-    return features / ops.sqrt(ops.sum(ops.square(features), axis=axis, keepdims=True) + 1e-12)
+#: The epsilon of the keys' L2 normalisation (:func:`vostrack.network.cosine.l2_normalize`, in
+#: its division form): the one the shipped models were exported with.
+KEY_EPSILON = 1e-12
 
 
 def window_indices(height: Any, width: Any, radius: int) -> tuple[Any, Any]:

@@ -9,18 +9,18 @@ Two entry points share one gather-based bilinear sampler:
   ``v * (size - 1)``); the crop samples the box corners *inclusive*, and a sample that falls
   outside ``[0, size - 1]`` gets ``extrapolation_value`` (not the border value).
 - :func:`roi_align` takes boxes in **pixel** coordinates of the frame the features come from, the
-  convention of :mod:`vostrack.network.parts` (pixel ``r`` covers ``[r, r + 1)``, a mask's box is
+  convention of :mod:`vostrack.network.boxes` (pixel ``r`` covers ``[r, r + 1)``, a mask's box is
   ``[rmin, cmin, rmax + 1, cmax + 1]``), and samples the *centre of each output bin* (ROI-Align
   with one sample per bin): an ``h x w`` crop of a box is then the same grid at any stride, and a
   crop of a crop lines up with the original. A stride-``s`` cell ``j`` is centred on the continuous
   pixel coordinate ``s * j + s - 0.5`` (pixel ``s * j + s - 1``; TF "SAME" padding with sizes that
-  divide by ``s``, see :func:`vostrack.network.parts.pixel_to_feature`).
+  divide by ``s``, see :func:`vostrack.network.boxes.pixel_to_feature`).
 
 Why gathers and not ``ops.image.map_coordinates``: that op samples one channel at a time (a
 coordinate array per output element), whereas a gather on ``(B*H*W, C)`` fetches all channels of a
 cell at once: four gathers per crop regardless of the channel count. The number of boxes may be a
 ``None`` dimension under TF; JAX recompiles for every new count, so callers pad to a fixed maximum
-(:func:`vostrack.network.parts.batch_parts`).
+(``max_parts`` per object, see :mod:`vostrack.network.parts`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 from keras import ops
 
+from vostrack.network.boxes import bin_centres, pixel_to_feature
+
 
 def _grid(start: Any, end: Any, size: int, extent: Any) -> Any:
     """tf.image.crop_and_resize's sample positions, in index units, for normalised ``start`` /
@@ -36,9 +38,9 @@ def _grid(start: Any, end: Any, size: int, extent: Any) -> Any:
     (which decides what lands exactly on the last row) agrees with it."""
     scale_extent = extent - 1.0
     if size > 1:
-        step = (end - start) * scale_extent / float(size - 1)
-        steps = ops.arange(size, dtype="float32")
-        return start[:, None] * scale_extent + steps[None, :] * step[:, None]
+        spacing = (end - start) * scale_extent / float(size - 1)
+        indices = ops.arange(size, dtype="float32")
+        return start[:, None] * scale_extent + indices[None, :] * spacing[:, None]
     return (0.5 * (start + end) * scale_extent)[:, None]
 
 
@@ -112,16 +114,6 @@ def crop_and_resize(features: Any, boxes: Any, box_indices: Any, crop_size: Sequ
     return sample_bilinear(features, ys, xs, box_indices, extrapolation_value)
 
 
-def bin_centres(start: Any, end: Any, size: int, stride: int) -> Any:
-    """Feature-index coordinates (N, size) of the bin centres of pixel intervals
-    ``[start, end)`` (N,), split into ``size`` bins, on a stride-``stride`` feature map."""
-    steps = (ops.arange(size, dtype="float32") + 0.5) / float(size)
-    pixels = start[:, None] + steps[None, :] * (end - start)[:, None]
-    # Continuous pixel p lies on cell (p - s + 0.5) / s: cell j is centred on pixel s*j + s - 1,
-    # whose centre is at s*j + s - 0.5.
-    return (pixels - (stride - 0.5)) / float(stride)
-
-
 def roi_align(features: Any, boxes: Any, box_indices: Any, crop_size: Sequence[int],
               stride: int, extrapolation_value: float = 0.0) -> Any:
     """Crop pixel boxes out of a stride-``stride`` feature map: (N, h, w, C).
@@ -133,8 +125,8 @@ def roi_align(features: Any, boxes: Any, box_indices: Any, crop_size: Sequence[i
     """
     crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
     boxes = ops.cast(boxes, "float32")
-    ys = bin_centres(boxes[:, 0], boxes[:, 2], crop_h, stride)
-    xs = bin_centres(boxes[:, 1], boxes[:, 3], crop_w, stride)
+    ys = pixel_to_feature(bin_centres(boxes[:, 0], boxes[:, 2], crop_h), stride)
+    xs = pixel_to_feature(bin_centres(boxes[:, 1], boxes[:, 3], crop_w), stride)
     return sample_bilinear(features, ys, xs, box_indices, extrapolation_value)
 
 

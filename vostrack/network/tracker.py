@@ -4,10 +4,11 @@ Per part: a template (``template_size``^2 samples of a feature map around the pa
 reference frame, cropped once) is correlated with a search crop (``search_size``^2 samples around
 the part's last box on the current frame); the response's peak gives the part's new box.
 
-Geometry and box conventions are those of :mod:`vostrack.network.parts` (pixel boxes
-``[y0, x0, y1, x1]``, continuous corners, stride-s cell j centred on pixel s*j + s - 1). The
-numpy functions there are the reference for the window and decoding maths here, which run inside
-the per-frame graph (the mask heads need the new boxes in the same step).
+Geometry and box conventions are those of :mod:`vostrack.network.boxes` (pixel boxes
+``[y0, x0, y1, x1]``, continuous corners, stride-s cell j centred on pixel s*j + s - 1, the
+template and search windows, response cells). The windows and the decoding run inside the
+per-frame graph (:meth:`vostrack.network.vos.VosNetwork.step`: the mask heads need the new boxes
+in the same call); ``tests/reference/parts.py`` holds their numpy references.
 
 The response is ``scale * similarity + bias + head(depthwise_xcorr(adjust(search),
 adjust(template)))`` where ``similarity`` is the mean cosine similarity of the template's cells
@@ -26,7 +27,8 @@ mask tracked through the whole sequence, share of part centres on the (9-px dila
 mask, C4 (T 6, X 18) / C3 (T 8, X 24) / parts left where they were: blackswan 0.96 / 0.85 / 0.90,
 car-shadow 0.99 / 0.58 / 0.53, bmx-trees 0.78 / 0.49 / 0.23, breakdance 0.35 / 0.36 / 0.37 (large
 deformation: the case the trained heads and the mask propagation must handle). A trained tracker
-on P3 (FPN adds the semantics C3 lacks) is the natural next step; compare it against this baseline.
+on P3 (FPN adds the semantics C3 lacks) is the natural next thing to try; compare it against this
+baseline.
 
 Parts are rows of one batch (objects x max_parts, padded): every op is per row, so padding rows
 cannot change valid rows, and :func:`decode_response` returns the previous box and score 0 for
@@ -40,43 +42,38 @@ from typing import Any
 import keras
 from keras import layers, ops
 
+from vostrack.network.boxes import (
+    box_centres_sizes,
+    boxes_from_centres_sizes,
+    expand_boxes,
+    response_to_pixel,
+    scale_boxes,
+)
+from vostrack.network.cosine import l2_normalize
 from vostrack.network.parts import cosine_window, response_size
 from vostrack.network.roi import roi_align
 from vostrack.network.xcorr import depthwise_xcorr, xcorr
 
-
-def _centres_sizes(boxes: Any) -> tuple[Any, Any, Any, Any]:
-    return ((boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5,
-            boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-
-
-def _from_centres_sizes(cy: Any, cx: Any, h: Any, w: Any) -> Any:
-    return ops.stack([cy - h * 0.5, cx - w * 0.5, cy + h * 0.5, cx + w * 0.5], axis=1)
+# The epsilon of the similarity's L2 normalisation (the one its graphs were exported with).
+_L2_EPSILON = 1e-6
 
 
 def template_windows(boxes: Any, context: float = 0.5, min_side: float = 0.0) -> Any:
-    """In-graph :func:`vostrack.network.parts.expand_box` (square): (N, 4) -> (N, 4)."""
-    boxes = ops.cast(boxes, "float32")
-    cy, cx, h, w = _centres_sizes(boxes)
-    pad = context * (h + w)
-    side = ops.sqrt(ops.maximum(h + pad, 0.0) * ops.maximum(w + pad, 0.0))
-    side = ops.maximum(side, float(min_side))
-    return _from_centres_sizes(cy, cx, side, side)
+    """SiamFC's template windows (N, 4) of part boxes (N, 4): the square
+    :func:`vostrack.network.boxes.expand_boxes`."""
+    return expand_boxes(boxes, context, min_side, square=True)
 
 
 def search_windows(boxes: Any, context: float = 0.5, factor: float = 3.0,
                    min_side: float = 0.0) -> Any:
-    """In-graph :func:`vostrack.network.parts.search_window`: (N, 4) -> (N, 4)."""
-    cy, cx, h, w = _centres_sizes(template_windows(boxes, context, min_side))
-    return _from_centres_sizes(cy, cx, h * factor, w * factor)
-
-
-def l2_normalize(x: Any, epsilon: float = 1e-6) -> Any:
-    """Unit vectors along the channels; an all-zero cell (outside the frame) stays zero."""
-    return x * ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + epsilon)
+    """The search windows (N, 4) of part boxes (N, 4): their template windows scaled by
+    ``factor`` (= search_size / template_size for the tracker)."""
+    return scale_boxes(template_windows(boxes, context, min_side), factor)
 
 
 def _parabola_offset(left: Any, centre: Any, right: Any) -> Any:
+    # Vertex of the parabola through three neighbours; only where the peak is a strict maximum
+    # (curvature < 0), and never more than half a cell: beyond that another cell is the peak.
     curvature = left - 2.0 * centre + right
     concave = curvature < 0.0
     offset = 0.5 * (left - right) / ops.where(concave, curvature, -1.0)
@@ -86,8 +83,18 @@ def _parabola_offset(left: Any, centre: Any, right: Any) -> Any:
 def decode_response(response: Any, windows: Any, previous_boxes: Any, template_size: int,
                     search_size: int, offsets: Any = None, window_influence: float = 0.25,
                     size_lr: float = 1.0, valid: Any = None) -> tuple[Any, Any]:
-    """In-graph :func:`vostrack.network.parts.decode_response` (same maths and arguments; see
-    there): response logits (N, R, R, 1) -> boxes (N, 4), scores (N,) in [0, 1]."""
+    """New part boxes (N, 4) and scores (N,) in [0, 1] from response logits (N, R, R, 1), for
+    search ``windows`` (N, 4) made from ``previous_boxes`` (N, 4).
+
+    The peak is the argmax of ``(1 - window_influence) * normalised response + window_influence *
+    cosine window`` (SiamFC's motion prior: the response is min-max normalised per part so that
+    the prior weighs the same for sharp and flat maps). The centre is refined below a cell by the
+    box offsets (N, R, R, 4) at the peak when given, else by a parabola through the peak's
+    neighbours in the raw response. The size is the previous size times ``exp(size_lr * dlog)``
+    with offsets (the SiamFC-style damping of scale changes for ``size_lr`` < 1), unchanged
+    without. The score is ``sigmoid`` of the raw response at the peak cell. Invalid parts
+    (``valid`` (N,) False) keep their box and score 0.
+    """
     size = response.shape[1]
     if size is None or size != response_size(template_size, search_size):
         raise ValueError(f"response of shape {response.shape} does not fit template_size "
@@ -124,13 +131,12 @@ def decode_response(response: Any, windows: Any, previous_boxes: Any, template_s
         scale_h = scale_w = 1.0
     windows = ops.cast(windows, "float32")
     previous_boxes = ops.cast(previous_boxes, "float32")
-    half = template_size / 2.0
-    spacing_y = (windows[:, 2] - windows[:, 0]) / float(search_size)
-    spacing_x = (windows[:, 3] - windows[:, 1]) / float(search_size)
-    cy = windows[:, 0] + (ops.cast(pi, "float32") + fy + half) * spacing_y
-    cx = windows[:, 1] + (ops.cast(pj, "float32") + fx + half) * spacing_x
-    _, _, ph, pw = _centres_sizes(previous_boxes)
-    boxes = _from_centres_sizes(cy, cx, ph * scale_h, pw * scale_w)
+    cy = response_to_pixel(ops.cast(pi, "float32") + fy, windows[:, 0],
+                           windows[:, 2] - windows[:, 0], template_size, search_size)
+    cx = response_to_pixel(ops.cast(pj, "float32") + fx, windows[:, 1],
+                           windows[:, 3] - windows[:, 1], template_size, search_size)
+    _, _, ph, pw = box_centres_sizes(previous_boxes)
+    boxes = boxes_from_centres_sizes(cy, cx, ph * scale_h, pw * scale_w)
     scores = ops.sigmoid(centre)
     if valid is not None:
         valid = ops.cast(valid, "bool")
@@ -268,7 +274,8 @@ class PartTracker(layers.Layer):
         templates = ops.cast(templates, self.compute_dtype)
         search = ops.cast(search, self.compute_dtype)
         cells = float(self.template_size * self.template_size)
-        similarity = xcorr(l2_normalize(search), l2_normalize(templates)) / cells
+        similarity = xcorr(l2_normalize(search, _L2_EPSILON, rsqrt=True),
+                           l2_normalize(templates, _L2_EPSILON, rsqrt=True)) / cells
         if self.adjust_template is not None:
             templates = self.adjust_template(templates)
             search = self.adjust_search(search)

@@ -1,6 +1,7 @@
-"""The vostrack network: stateless, with each stage a method (encode a frame, encode a mask,
-segment a frame against a memory), written with keras.ops only so that it runs on TF (the
-product's frozen graph), JAX (GPU) and torch alike.
+"""The vostrack network (the matching branch, and the part path when the config has one):
+stateless, with each stage a method (encode a frame, encode a mask, segment a frame against a
+memory), written with keras.ops only so that it runs on TF (the product's frozen graph), JAX
+(GPU) and torch alike.
 
 Geometry. A frame (H, W) is resized to a working size (h, w) and edge-padded to (hp, wp), a
 multiple of 32 (see :func:`vostrack.network.config.working_size`); the sizes are arguments so
@@ -25,7 +26,8 @@ from vostrack.network.backbones import get_backbone_builder
 from vostrack.network.config import ModelConfig
 from vostrack.network.fpn import FeaturePyramid
 from vostrack.network.mask_head import PartMaskHead, crop_part_inputs, crop_reference, mask_windows
-from vostrack.network.matching import l2_normalize, propagate_labels
+from vostrack.network.cosine import l2_normalize
+from vostrack.network.matching import KEY_EPSILON, propagate_labels
 from vostrack.network.roi import resize_aligned
 from vostrack.network.tracker import PartTracker
 
@@ -54,10 +56,15 @@ def _edge_pad_bottom_right(x: Any, rows: Any, cols: Any) -> Any:
 
 
 class VosNetwork(keras.Model):
-    """Backbone features as matching keys plus label propagation (the matching branch).
+    """The whole vostrack network, as ``config`` describes it: the matching branch (backbone
+    features as matching keys, label propagation from the memory) and, when ``config.parts`` is
+    set, the part path on top of it (FPN, part tracker, per-part mask head, paste-back and soft
+    aggregation); with ``config.parts`` None it is the matching branch alone.
 
     A ``keras.Model`` only to own its layers and their weights (``save_weights`` /
-    ``load_weights``); the stages are plain methods, called by the runtimes and the exporter.
+    ``load_weights``); the stages are plain methods, called by the runtimes and the exporter,
+    and :meth:`encode_reference` and :meth:`step` are the two per-frame functions of the
+    exported graph.
     ``weights``: "imagenet" builds the backbone with its pretrained weights (needs the weight
     package, the ``train`` extra); None builds it randomly initialised (to load saved weights).
     """
@@ -123,12 +130,13 @@ class VosNetwork(keras.Model):
     def batch_features(self, frames: Any, work_hw: tuple, pad_hw: tuple) -> dict[str, Any]:
         """uint8 frames (N, H, W, 3) -> ``{"key": (N, h, w, C) L2-normalised matching keys}``,
         plus the FPN's ``P2..P5`` (N, H/s, W/s, C) when the part path is on. Training encodes
-        a batch of clips in one call (one backbone in the graph, not one per frame: its
-        step compiles ~40 % faster on TF); :meth:`frame_features` picks one frame out."""
+        a batch of clips in one call (one backbone in the graph, not one per frame: the
+        training step compiles ~40 % faster on TF); :meth:`frame_features` picks one frame out."""
         levels = self.encoder(self.prepare_frames(frames, work_hw, pad_hw))
         # Under a mixed policy the backbone and FPN compute in bfloat16; matching, the heads
         # and the losses take float32 (a no-op cast otherwise).
-        out = {"key": l2_normalize(ops.cast(levels[self.config.matching.level], "float32"))}
+        out = {"key": l2_normalize(ops.cast(levels[self.config.matching.level], "float32"),
+                                   KEY_EPSILON)}
         if self.config.parts:
             pyramid = self.fpn({k: levels[k] for k in ("C2", "C3", "C4", "C5")})
             out.update({k: ops.cast(v, "float32") for k, v in pyramid.items()})
@@ -180,7 +188,7 @@ class VosNetwork(keras.Model):
         working frame, "part_object": (N,) object channel 0..K-1, "part_valid": (N,)}`` of the
         parts to encode, and the outputs add their ``templates`` (N, T, T, C), ``ref_p4``,
         ``ref_mask`` (the mask head's reference crops) and ``prev_probs`` (H/4, W/4, K): the
-        objects on the stride-4 grid, the state the next step starts from.
+        objects on the stride-4 grid, the state the next :meth:`step` starts from.
 
         ``features``: the frame's :meth:`features`, when already computed (training).
         """

@@ -32,6 +32,8 @@ from typing import Any
 
 from keras import ops
 
+from vostrack.network.boxes import box_centres_sizes, pixel_to_response
+
 __all__ = [
     "NEG_LOGIT",
     "mask_loss",
@@ -261,10 +263,11 @@ def tracking_targets(windows: Any, target_boxes: Any, response_size: int, templa
                      valid: Any = None) -> dict[str, Any]:
     """In-graph SiamFC / SiamRPN targets for the tracker's outputs, row by row.
 
-    The same maths as :func:`vostrack.network.parts.response_labels` (applied at
-    ``pixel_to_response`` of the target's centre) and :func:`vostrack.network.parts.encode_offsets`
-    (tested to agree), in ``keras.ops`` because the search windows are computed inside the
-    training step from the tracked (or jittered) boxes.
+    In ``keras.ops``, because the search windows are computed inside the training step from the
+    tracked (or jittered) boxes; the box geometry is :mod:`vostrack.network.boxes`' (the
+    graph's). ``tests/reference/parts.py`` holds the numpy references it is tested against:
+    ``response_labels`` (applied at ``pixel_to_response`` of the target's centre) and
+    ``encode_offsets``.
 
     windows: (N, 4) search windows ``[y0, x0, y1, x1]`` px (``PartTracker.search_windows``).
     target_boxes: (N, 4) the parts' ground-truth boxes on the search frame.
@@ -287,22 +290,18 @@ def tracking_targets(windows: Any, target_boxes: Any, response_size: int, templa
     windows = ops.cast(windows, "float32")
     target_boxes = ops.cast(target_boxes, "float32")
     previous_boxes = ops.cast(previous_boxes, "float32")
-    # As parts.box_centres_sizes and parts.pixel_to_response, in the same order of operations.
-    tcy = (target_boxes[:, 0] + target_boxes[:, 2]) / 2.0
-    tcx = (target_boxes[:, 1] + target_boxes[:, 3]) / 2.0
-    th = target_boxes[:, 2] - target_boxes[:, 0]
-    tw = target_boxes[:, 3] - target_boxes[:, 1]
-    ph = previous_boxes[:, 2] - previous_boxes[:, 0]
-    pw = previous_boxes[:, 3] - previous_boxes[:, 1]
-    spacing_y = (windows[:, 2] - windows[:, 0]) / float(search_size)
-    spacing_x = (windows[:, 3] - windows[:, 1]) / float(search_size)
+    tcy, tcx, th, tw = box_centres_sizes(target_boxes)
+    _, _, ph, pw = box_centres_sizes(previous_boxes)
+    side_y = windows[:, 2] - windows[:, 0]
+    side_x = windows[:, 3] - windows[:, 1]
     if valid is not None:
         valid = _as_bool(valid)
-        # Degenerate padding windows would divide by zero: give them a unit spacing.
-        spacing_y = ops.where(valid, spacing_y, 1.0)
-        spacing_x = ops.where(valid, spacing_x, 1.0)
-    ty = (tcy - windows[:, 0]) / spacing_y - template_size / 2.0
-    tx = (tcx - windows[:, 1]) / spacing_x - template_size / 2.0
+        # Degenerate padding windows would divide by zero: give them the side of a unit sample
+        # spacing (search_size / search_size is exactly 1).
+        side_y = ops.where(valid, side_y, float(search_size))
+        side_x = ops.where(valid, side_x, float(search_size))
+    ty = pixel_to_response(tcy, windows[:, 0], side_y, template_size, search_size)
+    tx = pixel_to_response(tcx, windows[:, 1], side_x, template_size, search_size)
 
     cells = ops.arange(r, dtype="float32")
     dy = ty[:, None, None] - cells[None, :, None]  # (N, R, 1)

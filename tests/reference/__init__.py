@@ -1,0 +1,1 @@
+"""Numpy references (test oracles) of maths the product computes in ``keras.ops``."""
