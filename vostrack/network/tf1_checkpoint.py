@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vostrack.errors import VostrackError
+from vostrack.errors import VostrackError, first_line
 from vostrack.network.backbones.resnet_v2 import CONFIGS, ResNetV2Config, build_resnet_v2
 
 OFFICIAL_SCOPE = "resnet_model"
@@ -116,8 +116,7 @@ def read_checkpoint(path: str | Path) -> Any:
     try:
         return tf.train.load_checkpoint(str(prefix))
     except (ValueError, tf.errors.OpError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VostrackError(f"cannot read the TF checkpoint {prefix}: {message}") from exc
+        raise VostrackError(f"cannot read the TF checkpoint {prefix}: {first_line(exc)}") from exc
 
 
 def load_resnet_v2_checkpoint(model: Any, ckpt_path: str | Path,

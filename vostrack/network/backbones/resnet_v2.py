@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import keras
 from keras import layers, ops
 
-from vostrack.errors import VostrackError
+from vostrack.errors import VostrackError, first_line
 from vostrack.network.backbones import register_backbone
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def _load_weights_file(model: keras.Model, path: Path, config: ResNetV2Config,
         full.load_weights(str(path))
     except (ValueError, OSError, KeyError) as exc:
         raise VostrackError(f"cannot load {path} into {config.name}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+                            f"{first_line(exc)}") from exc
     if full is not model:
         for layer in model.layers:
             if layer.weights:
