@@ -81,7 +81,7 @@ def _truncated_graph(manifest: dict, model: Path) -> None:
 
 
 def _finished_run(root: Path) -> Path:
-    from vostrack.training.trainer import TrainConfig
+    from vostrack.training.config import TrainConfig
 
     run = root / "run"
     checkpoint = run / "checkpoints" / "step_0000003"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.probes import heavy_modules
-from tests.test_loader import _procedural
+from tests.test_batches import _procedural
 from vostrack.data.batches import ClipBatches, LoaderConfig
 from vostrack.data.prefetch import Prefetcher
 from vostrack.training.trainer import StepBatches

@@ -18,7 +18,9 @@ from click.testing import CliRunner
 from tests.conftest import jax_env
 from vostrack.cli import cli
 from vostrack.network.config import ModelConfig, PartsModelConfig
-from vostrack.training.trainer import Trainer, TrainConfig, open_run
+from vostrack.training.config import TrainConfig
+from vostrack.training.runs import open_run
+from vostrack.training.trainer import Trainer
 
 TINY = TrainConfig(
     model=ModelConfig(name="tiny", working_short_side=64,

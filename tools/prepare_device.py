@@ -151,13 +151,13 @@ def main() -> None:
     else:
         from vostrack.network.config import ModelConfig
         from vostrack.network.vos import VosNetwork
-        from vostrack.training.trainer import save_arrays
+        from vostrack.training.checkpoints import NETWORK, network_arrays, save_arrays
 
         network = VosNetwork(ModelConfig.from_dict(config["model"]))
         init = data / "init"
         init.mkdir()
-        save_arrays(init, "network", [np.asarray(v.numpy()).astype(np.float16)
-                                      for v in network.variables])
+        save_arrays(init, NETWORK, {k: a.astype(np.float16)
+                                    for k, a in network_arrays(network).items()})
         init_path = ".devdata/init"
     (data / "config.json").write_text(json.dumps(
         {**config, "data": device_specs, "init": init_path}, indent=2))

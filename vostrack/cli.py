@@ -292,6 +292,12 @@ def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime:
 @click.option("--backbone", help="Backbone name (e.g. efficientnet_lite2, resnet50_v2).")
 @click.option("--init", "init", type=click.Path(path_type=Path),
               help="Start from these network weights (.weights.h5 or a checkpoint folder).")
+@click.option("--init-only", "init_only", multiple=True,
+              help="Take from the --init checkpoint only the variables under this path "
+                   "prefix (repeatable; 'backbone': the backbone's).")
+@click.option("--backbone-weights", "backbone_weights", type=click.Path(path_type=Path),
+              help="The backbone's weights (resnet50_v2: the .weights.h5 that import-backbone "
+                   "writes) instead of ImageNet weights.")
 @click.option("--val", type=click.Path(path_type=Path),
               help="A DAVIS tree scored every val_every steps; the best checkpoint is kept.")
 @click.option("--exclude", multiple=True, help="Sequence names never to train on.")
@@ -305,43 +311,54 @@ def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: bool,
           steps: int | None, batch_size: int | None, size: int | None, backbone: str | None,
-          init: Path | None, val: Path | None, exclude: Sequence[str], precision: str | None,
+          init: Path | None, init_only: Sequence[str], backbone_weights: Path | None,
+          val: Path | None, exclude: Sequence[str], precision: str | None,
           devices: int | None, workers: int | None, quiet: bool) -> None:
     """Train the network (on a GPU: KERAS_BACKEND=jax; see tools/train_on_device.sh)."""
     from vostrack.inference.quiet import native_logs_silenced
 
     with native_logs_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        _train(data, config_path, run_dir, resume, steps, batch_size, size, backbone, init, val,
-               exclude, precision, devices, workers, quiet)
+        _train(data, config_path, run_dir, resume, steps, batch_size, size, backbone, init,
+               init_only, backbone_weights, val, exclude, precision, devices, workers, quiet)
 
 
 def _train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: bool,
            steps: int | None, batch_size: int | None, size: int | None, backbone: str | None,
-           init: Path | None, val: Path | None, exclude: Sequence[str], precision: str | None,
+           init: Path | None, init_only: Sequence[str], backbone_weights: Path | None,
+           val: Path | None, exclude: Sequence[str], precision: str | None,
            devices: int | None, workers: int | None, quiet: bool) -> None:
     import dataclasses
 
-    from vostrack.training.trainer import DataSpec, TrainConfig, open_run
+    from vostrack.training.config import DataSpec, TrainConfig
+    from vostrack.training.runs import open_run
 
     config = None
     if not resume:
         values: dict = {}
         if config_path is not None:
             values = _read_config(config_path)
-        config = TrainConfig.from_dict(values)
+        # Where the weights come from is checked across options (the backbone, its weights
+        # file, init): those options join the file's before the config is checked.
+        weights: dict = {}
+        if init is not None:
+            weights["init"] = str(init)
+        if init_only:
+            weights["init_only"] = list(init_only)
+        if backbone_weights is not None:
+            weights["backbone_weights"] = str(backbone_weights)
+        if backbone:
+            model = values.get("model", TrainConfig.from_dict({}).model.to_dict())
+            weights["model"] = {**model, "backbone": backbone} if isinstance(model, dict) else model
+        config = TrainConfig.from_dict({**values, **weights})
         overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size),
                                        ("size", size), ("precision", precision),
                                        ("devices", devices)) if v is not None}
         if data:
             overrides["data"] = tuple(DataSpec(str(d)) for d in data)
-        if init is not None:
-            overrides["init"] = str(init)
         if val is not None:
             overrides["val"] = str(val)
         if exclude:
             overrides["exclude"] = tuple(exclude)
-        if backbone:
-            overrides["model"] = dataclasses.replace(config.model, backbone=backbone)
         if steps is not None and "warmup_steps" not in values:
             overrides["warmup_steps"] = min(config.warmup_steps, steps)
         config = dataclasses.replace(config, **overrides)
@@ -349,7 +366,7 @@ def _train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume:
             if spec.path != "procedural" and not Path(spec.path).exists():
                 raise VostrackError(f"--data {spec.path}: not found")
     elif any(v is not None for v in (config_path, steps, batch_size, size, backbone, init, val,
-                                     precision)) or data or exclude:
+                                     precision, backbone_weights)) or data or exclude or init_only:
         raise VostrackError("--resume continues the run as it was configured; give only --out "
                             "(and --workers or --devices)")
     trainer = open_run(run_dir, config, resume, workers=workers, devices=devices)
@@ -520,7 +537,7 @@ def _export(model: str | None, config_path: Path | None, checkpoint: Path | None
             raise VostrackError(f"cannot read config {config_path}: {exc}") from None
         network = VosNetwork(configured(config), weights="imagenet")
     elif checkpoint is not None:
-        from vostrack.training.trainer import checkpoint_config, checkpoint_network
+        from vostrack.training.checkpoints import checkpoint_config, checkpoint_network
 
         config = configured(checkpoint_config(checkpoint)[1].model)  # fails early
         network = checkpoint_network(checkpoint)

@@ -1,8 +1,8 @@
 """Training batches: clip sources mixed with weights, batched into fixed-shape numpy arrays.
 
 numpy and OpenCV only (no Keras, no TensorFlow, no JAX), so that worker processes
-(vostrack/data/prefetch.py) can make batches without importing a framework;
-:class:`vostrack.data.loader.ClipLoader` wraps :class:`ClipBatches` as a ``keras.utils.PyDataset``.
+(vostrack/data/prefetch.py) can make batches without importing a framework. The trainer asks
+:meth:`ClipBatches.batch_at_step` for the batch of each step (vostrack/training/trainer.py).
 
 Reproducible: sample ``i`` of batch ``index`` of epoch ``epoch`` draws every random number from
 ``np.random.default_rng([seed, epoch, index, i])``, and nothing else (no global RNG, no state
@@ -31,22 +31,23 @@ source             (B,)                    int32      index of the source in ``s
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vostrack.data.clips import AugmentConfig, Clip, ClipSource, GapSchedule, augment_clip
-from vostrack.data.procedural import Scene, SceneConfig
-from vostrack.errors import VostrackError
+from vostrack.data.clips import AugmentConfig, Clip, ClipSource, GapSchedule, with_settings
+from vostrack.data.procedural import ProceduralClipConfig, ProceduralClipSettings, ProceduralSource
 from vostrack.network.parts import PartsConfig
 
+if TYPE_CHECKING:
+    from vostrack.data.static_clips import StaticClipSettings
+    from vostrack.data.video_datasets import VideoSamplingSettings
+
 __all__ = [
-    "ProceduralClipConfig",
-    "ProceduralSource",
     "MixedSource",
     "source_from_path",
     "LoaderConfig",
@@ -55,100 +56,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------
-# Procedural source
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProceduralClipConfig:
-    """Random procedural scenes (:mod:`vostrack.data.procedural`), one per clip.
-
-    Each clip draws a :class:`SceneConfig`: ``objects`` objects (inclusive range), a base radius
-    range inside ``object_size`` (fractions of the shorter side), a speed in ``speed``, objects
-    leaving the frame with ``leave_frame`` probability, depth order changes (occluder and
-    occluded swap) with ``depth_changes`` probability; then ``num_frames`` frames with gaps of
-    at most ``max_gap`` frames between them (a faster effective motion). Scenes render at the
-    training size directly (then flip and colour jitter): a crop of a bigger render would cost
-    more and add nothing a random scene does not already vary.
-    """
-
-    num_frames: int = 3
-    objects: tuple[int, int] = (1, 4)
-    object_size: tuple[float, float] = (0.08, 0.3)
-    speed: tuple[float, float] = (0.004, 0.025)
-    max_gap: int | GapSchedule = 4
-    leave_frame: float = 0.4
-    depth_changes: float = 0.3
-    scene_length: int = 240
-    min_object_pixels: int = 64
-    attempts: int = 10
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def __post_init__(self) -> None:
-        if self.num_frames < 3:
-            raise ValueError(f"num_frames must be >= 3, got {self.num_frames}")
-        if not 1 <= self.objects[0] <= self.objects[1]:
-            raise ValueError(f"objects must be a range 1 <= min <= max, got {self.objects}")
-
-
-class ProceduralSource:
-    """Clips of random procedural scenes: needs no data. A :class:`ClipSource`."""
-
-    kind = "procedural"
-
-    def __init__(self, config: ProceduralClipConfig = ProceduralClipConfig(),
-                 name: str = "procedural") -> None:
-        self.config = config
-        self.name = name
-        self._gaps = GapSchedule.of(config.max_gap)
-
-    def __repr__(self) -> str:
-        return f"ProceduralSource({self.config.augment.size})"
-
-    def scene_config(self, rng: np.random.Generator, step: int = 0) -> SceneConfig:
-        cfg = self.config
-        height, width = cfg.augment.size
-        low = rng.uniform(cfg.object_size[0], (cfg.object_size[0] + cfg.object_size[1]) / 2)
-        high = rng.uniform(low, cfg.object_size[1])
-        return SceneConfig(
-            height=height, width=width, num_frames=cfg.scene_length,
-            num_objects=int(rng.integers(cfg.objects[0], cfg.objects[1] + 1)),
-            seed=int(rng.integers(0, 2**31 - 1)), object_size=(low, high),
-            speed=float(rng.uniform(*cfg.speed)), rotation_speed=float(rng.uniform(0.0, 0.05)),
-            scale_amplitude=float(rng.uniform(0.0, 0.25)),
-            deform_amplitude=float(rng.uniform(0.0, 0.15)),
-            background_pan=float(rng.uniform(0.0, 1.5)),
-            leave_frame=bool(rng.random() < cfg.leave_frame),
-            depth_change_every=int(rng.integers(5, 30)) if rng.random() < cfg.depth_changes
-            else 0)
-
-    def sample(self, rng: np.random.Generator, step: int = 0) -> Clip:
-        cfg = self.config
-        gap = self._gaps.at(step)
-        for _ in range(cfg.attempts):
-            scene_cfg = self.scene_config(rng, step)
-            gaps = rng.integers(1, gap + 1, cfg.num_frames - 1)
-            span = int(gaps.sum())
-            if span >= scene_cfg.num_frames:
-                scene_cfg = dataclasses.replace(scene_cfg, num_frames=span + 1)
-            start = int(rng.integers(0, scene_cfg.num_frames - span))
-            times = start + np.concatenate([[0], np.cumsum(gaps)])
-            if rng.random() < 0.5:
-                times = times[::-1]  # played backwards: objects that appear as well as leave
-            scene = Scene(scene_cfg)
-            rendered = [scene.render(int(t)) for t in times]
-            clip = Clip(np.stack([r.frame for r in rendered]),
-                        np.stack([r.labels for r in rendered]), scene_cfg.num_objects,
-                        name=f"scene{scene_cfg.seed}:" + ",".join(str(int(t)) for t in times),
-                        source=self.name)
-            clip = clip.relabel_from_reference(cfg.min_object_pixels)
-            if clip.num_objects:
-                return augment_clip(clip, cfg.augment, rng, geometric=False)
-        raise VostrackError("procedural scenes gave no visible object "
-                            f"after {cfg.attempts} attempts (object_size too small?)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,24 +95,35 @@ class MixedSource:
 def source_from_path(path: str | Path, size: tuple[int, int] = (384, 384),
                      num_frames: int = 3, max_gap: int | GapSchedule = 5,
                      exclude: Sequence[str] = (), augment: AugmentConfig | None = None,
-                     ) -> ClipSource:
+                     video: VideoSamplingSettings | None = None,
+                     static: StaticClipSettings | None = None,
+                     procedural: ProceduralClipSettings | None = None) -> ClipSource:
     """The source for one ``--data`` argument, its kind found by
-    :func:`~vostrack.data.video_datasets.detect_source`, with default settings for the rest."""
+    :func:`~vostrack.data.video_datasets.detect_source`: frames per clip, gaps and augmentation
+    as the run says, and the settings of that kind of source (defaults where None)."""
     from vostrack.data.static_clips import StaticClipConfig, StaticClipSource
-    from vostrack.data.video_datasets import (DavisDataset, VideoClipSource, VideoSamplingConfig,
-                                              YouTubeVOSDataset, detect_source)
+    from vostrack.data.video_datasets import (
+        DavisDataset,
+        VideoClipSource,
+        VideoSamplingConfig,
+        YouTubeVOSDataset,
+        detect_source,
+    )
 
-    augment = augment or AugmentConfig(size=tuple(size))
+    run = {"num_frames": num_frames, "augment": augment or AugmentConfig(size=tuple(size))}
     kind = detect_source(path)
     if kind == "procedural":
-        return ProceduralSource(ProceduralClipConfig(num_frames=num_frames, augment=augment,
-                                                     max_gap=max_gap))
+        return ProceduralSource(with_settings(ProceduralClipConfig,
+                                              procedural or ProceduralClipSettings(),
+                                              max_gap=max_gap, **run))
     if kind == "images-masks":
-        return StaticClipSource(path, StaticClipConfig(num_frames=num_frames, augment=augment))
+        return StaticClipSource(path, with_settings(StaticClipConfig,
+                                                    static or StaticClipSettings(), **run))
     dataset = (DavisDataset(path, exclude=exclude) if kind == "davis"
                else YouTubeVOSDataset(path, exclude=exclude))
-    return VideoClipSource(dataset, VideoSamplingConfig(num_frames=num_frames, max_gap=max_gap,
-                                                        augment=augment))
+    return VideoClipSource(dataset, with_settings(VideoSamplingConfig,
+                                                  video or VideoSamplingSettings(),
+                                                  max_gap=max_gap, **run))
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, TypeVar, runtime_checkable
 
 import cv2
 import numpy as np
@@ -41,11 +41,15 @@ from vostrack.network.parts import PartsConfig, kmeans_parts, mask_box, nearest_
 __all__ = [
     "VOID",
     "MIN_FRAMES",
+    "PAD_COLOUR",
     "Clip",
     "ClipSource",
     "GapSchedule",
+    "AugmentSettings",
     "AugmentConfig",
     "ColourJitter",
+    "ClipSourceConfig",
+    "with_settings",
     "augment_clip",
     "random_crop_scale",
     "random_flip",
@@ -60,7 +64,7 @@ VOID = 255
 MIN_FRAMES = 3
 # Fill colour of frame pixels outside the source image (their labels are VOID): mid grey, so the
 # padding is neither a strong edge nor mistaken for a dark object.
-_PAD_COLOUR = (124, 116, 104)
+PAD_COLOUR = (124, 116, 104)
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,11 +306,12 @@ class ColourJitter:
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
-    """Crop/scale, flip and colour augmentation to a fixed training size.
+class AugmentSettings:
+    """Crop/scale, flip and colour augmentation: the settings a training config holds (its
+    ``augment`` section); :class:`AugmentConfig` adds the output size, which is the run's.
 
     The crop covers the output at ``zoom`` 1 (the source is scaled so that it just covers
-    ``size``); zoom > 1 crops closer, < 1 shows the whole source with VOID padding. With
+    the output size); zoom > 1 crops closer, < 1 shows the whole source with VOID padding. With
     probability ``object_centred`` the crop contains the centre of a random reference object
     (otherwise it is uniform), so most samples hold a target. Each frame after the reference
     moves its crop by up to ``frame_shift`` of the crop size and scales it by up to
@@ -315,7 +320,6 @@ class AugmentConfig:
     keeping at least one object.
     """
 
-    size: tuple[int, int] = (384, 384)
     zoom: tuple[float, float] = (0.8, 1.5)
     aspect: float = 1.15  # largest anisotropic stretch factor
     object_centred: float = 0.8
@@ -327,10 +331,45 @@ class AugmentConfig:
     attempts: int = 5
 
     def __post_init__(self) -> None:
-        if len(self.size) != 2 or min(self.size) < 8:
-            raise ValueError(f"size must be (height, width) >= 8, got {self.size}")
         if not 0 < self.zoom[0] <= self.zoom[1]:
             raise ValueError(f"zoom must satisfy 0 < min <= max, got {self.zoom}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig(AugmentSettings):
+    """:class:`AugmentSettings` to a fixed training ``size`` (height, width)."""
+
+    size: tuple[int, int] = (384, 384)
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or min(self.size) < 8:
+            raise ValueError(f"size must be (height, width) >= 8, got {self.size}")
+        super().__post_init__()
+
+
+_Config = TypeVar("_Config")
+
+
+def with_settings(cls: type[_Config], settings: Any, **values: Any) -> _Config:
+    """A ``cls`` (a dataclass extending the class of ``settings`` with what the run decides)
+    from ``settings`` and the run's ``values``. The fields are taken as they are:
+    ``dataclasses.asdict`` would turn nested dataclasses (a :class:`ColourJitter`) into dicts."""
+    return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
+               **values)
+
+
+@dataclass(frozen=True)
+class ClipSourceConfig:
+    """What the run gives every clip source (the static, procedural and video ones each extend
+    their own settings with it): ``num_frames`` per clip, and the augmentation at the training
+    size."""
+
+    num_frames: int = MIN_FRAMES
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_frames < MIN_FRAMES:
+            raise ValueError(f"num_frames must be >= {MIN_FRAMES}, got {self.num_frames}")
 
 
 def _crop_affine(scale_y: float, scale_x: float, top: float, left: float) -> np.ndarray:
@@ -364,7 +403,7 @@ def _warp_frame(frame: np.ndarray, affine: np.ndarray, size: tuple[int, int]) ->
                                  (affine[:, :2] @ pre[:, 2] + affine[:, 2])[:, None]], axis=1)
         frame = small
     return cv2.warpAffine(frame, affine, (width, height), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=_PAD_COLOUR)
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=PAD_COLOUR)
 
 
 def _uniform_log(rng: np.random.Generator, low: float, high: float) -> float:

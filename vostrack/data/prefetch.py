@@ -1,6 +1,6 @@
 """Batches made ahead of the training step by worker processes, handed out in step order.
 
-A batch is a pure function of its step (:meth:`ClipLoader.batch_at_step`), so workers can make
+A batch is a pure function of its step (``ClipBatches.batch_at_step``), so workers can make
 steps ``s+1 .. s+depth`` while the accelerator runs step ``s`` and the run stays identical to a
 single-process one, resumed or not. Workers are *spawned*, not forked: the parent holds
 TensorFlow's or JAX's threads, which a fork would copy in an undefined state. What they run

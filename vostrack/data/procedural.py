@@ -18,11 +18,16 @@ pipeline can draw unlimited (frame, mask, box) triples from it. So the generator
 
 Coordinates follow OpenCV: ``x`` is the column, ``y`` the row, pixel centres at integers.
 Only numpy and OpenCV are needed at runtime.
+
+:class:`ProceduralSource` draws a random scene for each training clip (the ``procedural``
+training data), as :mod:`vostrack.data.static_clips` and :mod:`vostrack.data.video_datasets`
+hold the sources of the other kinds.
 """
 
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Collection, Iterator, Mapping, Sequence
@@ -30,11 +35,17 @@ from typing import Collection, Iterator, Mapping, Sequence
 import cv2
 import numpy as np
 
+from vostrack.data.clips import Clip, ClipSourceConfig, GapSchedule, augment_clip
+from vostrack.errors import VostrackError
+
 __all__ = [
     "SHAPE_KINDS",
     "TEXTURE_KINDS",
     "SceneConfig",
     "SceneFrame",
+    "ProceduralClipSettings",
+    "ProceduralClipConfig",
+    "ProceduralSource",
     "Scene",
     "iter_scene",
     "make_clip",
@@ -621,3 +632,122 @@ def stack_frames(frames: Sequence[SceneFrame]) -> tuple[np.ndarray, np.ndarray, 
         raise ValueError("no frames")
     return (np.stack([f.frame for f in frames]), np.stack([f.labels for f in frames]),
             np.stack([f.boxes for f in frames]))
+
+
+# --------------------------------------------------------------------------------------------
+# Clip source: a random scene per training clip
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProceduralClipSettings:
+    """How random scenes are drawn for training clips (a training config's ``procedural``
+    section).
+
+    Each clip draws a :class:`SceneConfig`: ``objects`` objects (inclusive range), a base radius
+    range inside ``object_size`` (fractions of the shorter side), a speed in ``speed``; rotation
+    speed, scale and outline amplitudes and background pan each uniform in their range; objects
+    leaving the frame with ``leave_frame`` probability, depth order changes (occluder and
+    occluded swap) with ``depth_changes`` probability, every ``depth_change_every`` frames
+    (inclusive range). The scene is ``scene_length`` frames long, the clip is played backwards
+    with probability ``reverse`` (objects that appear as well as leave). A scene whose reference
+    frame keeps no object of ``min_object_pixels`` is drawn again, ``attempts`` times at most.
+    """
+
+    objects: tuple[int, int] = (1, 4)
+    object_size: tuple[float, float] = (0.08, 0.3)
+    speed: tuple[float, float] = (0.004, 0.025)
+    rotation_speed: tuple[float, float] = (0.0, 0.05)
+    scale_amplitude: tuple[float, float] = (0.0, 0.25)
+    deform_amplitude: tuple[float, float] = (0.0, 0.15)
+    background_pan: tuple[float, float] = (0.0, 1.5)
+    leave_frame: float = 0.4
+    depth_changes: float = 0.3
+    depth_change_every: tuple[int, int] = (5, 29)
+    reverse: float = 0.5
+    scene_length: int = 240
+    min_object_pixels: int = 64
+    attempts: int = 10
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.objects[0] <= self.objects[1]:
+            raise ValueError(f"objects must be a range 1 <= min <= max, got {self.objects}")
+        if not 1 <= self.depth_change_every[0] <= self.depth_change_every[1]:
+            raise ValueError("depth_change_every must be a range 1 <= min <= max, got "
+                             f"{self.depth_change_every}")
+
+
+@dataclass(frozen=True)
+class ProceduralClipConfig(ProceduralClipSettings, ClipSourceConfig):
+    """:class:`ProceduralClipSettings` with the run's frames per clip, augmentation and
+    ``max_gap``: frames of a clip are at most that many scene frames apart (an int, or a
+    :class:`~vostrack.data.clips.GapSchedule`). Scenes render at the training size directly
+    (then flip and colour jitter): a crop of a bigger render would cost more and add nothing a
+    random scene does not already vary."""
+
+    max_gap: int | GapSchedule = 4
+
+    def __post_init__(self) -> None:
+        ClipSourceConfig.__post_init__(self)
+        ProceduralClipSettings.__post_init__(self)
+
+
+class ProceduralSource:
+    """Clips of random procedural scenes: needs no data. A
+    :class:`~vostrack.data.clips.ClipSource`."""
+
+    kind = "procedural"
+
+    def __init__(self, config: ProceduralClipConfig = ProceduralClipConfig(),
+                 name: str = "procedural") -> None:
+        self.config = config
+        self.name = name
+        self._gaps = GapSchedule.of(config.max_gap)
+
+    def __repr__(self) -> str:
+        return f"ProceduralSource({self.config.augment.size})"
+
+    def scene_config(self, rng: np.random.Generator, step: int = 0) -> SceneConfig:
+        cfg = self.config
+        height, width = cfg.augment.size
+        low = rng.uniform(cfg.object_size[0], (cfg.object_size[0] + cfg.object_size[1]) / 2)
+        high = rng.uniform(low, cfg.object_size[1])
+        # The draws stay in this order whatever the settings: a clip is a function of the seed.
+        return SceneConfig(
+            height=height, width=width, num_frames=cfg.scene_length,
+            num_objects=int(rng.integers(cfg.objects[0], cfg.objects[1] + 1)),
+            seed=int(rng.integers(0, 2**31 - 1)), object_size=(low, high),
+            speed=float(rng.uniform(*cfg.speed)),
+            rotation_speed=float(rng.uniform(*cfg.rotation_speed)),
+            scale_amplitude=float(rng.uniform(*cfg.scale_amplitude)),
+            deform_amplitude=float(rng.uniform(*cfg.deform_amplitude)),
+            background_pan=float(rng.uniform(*cfg.background_pan)),
+            leave_frame=bool(rng.random() < cfg.leave_frame),
+            depth_change_every=int(rng.integers(cfg.depth_change_every[0],
+                                                cfg.depth_change_every[1] + 1))
+            if rng.random() < cfg.depth_changes else 0)
+
+    def sample(self, rng: np.random.Generator, step: int = 0) -> Clip:
+        cfg = self.config
+        gap = self._gaps.at(step)
+        for _ in range(cfg.attempts):
+            scene_cfg = self.scene_config(rng, step)
+            gaps = rng.integers(1, gap + 1, cfg.num_frames - 1)
+            span = int(gaps.sum())
+            if span >= scene_cfg.num_frames:
+                scene_cfg = dataclasses.replace(scene_cfg, num_frames=span + 1)
+            start = int(rng.integers(0, scene_cfg.num_frames - span))
+            times = start + np.concatenate([[0], np.cumsum(gaps)])
+            if rng.random() < cfg.reverse:
+                times = times[::-1]  # played backwards: objects that appear as well as leave
+            scene = Scene(scene_cfg)
+            rendered = [scene.render(int(t)) for t in times]
+            clip = Clip(np.stack([r.frame for r in rendered]),
+                        np.stack([r.labels for r in rendered]), scene_cfg.num_objects,
+                        name=f"scene{scene_cfg.seed}:" + ",".join(str(int(t)) for t in times),
+                        source=self.name)
+            clip = clip.relabel_from_reference(cfg.min_object_pixels)
+            if clip.num_objects:
+                return augment_clip(clip, cfg.augment, rng, geometric=False)
+        raise VostrackError("procedural scenes gave no visible object "
+                            f"after {cfg.attempts} attempts (object_size too small?)")

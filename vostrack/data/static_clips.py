@@ -29,20 +29,21 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from vostrack.data.clips import VOID, AugmentConfig, Clip, augment_clip
+from vostrack.data.clips import PAD_COLOUR, VOID, Clip, ClipSourceConfig, augment_clip
 from vostrack.errors import VostrackError
 from vostrack.io.frames import IMAGE_SUFFIXES, natural_key, read_image_rgb
 
 __all__ = [
     "find_image_mask_pairs",
     "read_image_mask",
+    "StaticClipSettings",
     "StaticClipConfig",
     "StaticClipSource",
     "tps_displacement",
@@ -51,8 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_PAD_COLOUR = (124, 116, 104)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,18 +186,19 @@ def elastic_displacement(size: tuple[int, int], rng: np.random.Generator, alpha:
 
 
 @dataclass(frozen=True)
-class StaticClipConfig:
-    """Parameters of the synthetic clips (the output size is ``augment.size``).
+class StaticClipSettings:
+    """How synthetic clips are made (a training config's ``static`` section).
 
     ``object_size``: the main object's longer box side as a fraction of the output's shorter
     side on the reference. Motion per frame (random walk): ``rotation`` degrees, ``scale`` (log),
     ``shear``, ``translation`` (fraction of the output). ``deform``: "tps", "elastic" or "random"
     (either, per clip), strength ``deform_sigma`` (fraction of the output). Probabilities:
     ``background_swap`` (object cut onto another image), ``paste_object`` (a second labelled
-    object), ``paste_distractor`` (an unlabelled pasted object).
+    object), ``paste_distractor`` (an unlabelled pasted object), each pasted thing's longer side
+    a ``pasted_size`` fraction of the output. A clip whose reference keeps no object of
+    ``min_object_pixels`` is drawn again, ``attempts`` times at most.
     """
 
-    num_frames: int = 3
     object_size: tuple[float, float] = (0.3, 0.8)
     rotation: float = 8.0
     scale: float = 0.1
@@ -212,13 +212,20 @@ class StaticClipConfig:
     pasted_size: tuple[float, float] = (0.2, 0.5)
     min_object_pixels: int = 100
     attempts: int = 10
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if self.num_frames < 3:
-            raise ValueError(f"num_frames must be >= 3, got {self.num_frames}")
         if self.deform not in ("tps", "elastic", "random", "none"):
             raise ValueError(f"deform must be tps, elastic, random or none, got {self.deform!r}")
+
+
+@dataclass(frozen=True)
+class StaticClipConfig(StaticClipSettings, ClipSourceConfig):
+    """:class:`StaticClipSettings` with the run's frames per clip and augmentation (the output
+    size is ``augment.size``)."""
+
+    def __post_init__(self) -> None:
+        ClipSourceConfig.__post_init__(self)
+        StaticClipSettings.__post_init__(self)
 
 
 @dataclass
@@ -294,7 +301,7 @@ def _render(image: np.ndarray, labels: np.ndarray, affine: np.ndarray,
         map_x = map_x * fx + (0.5 * fx - 0.5)
         map_y = map_y * fy + (0.5 * fy - 0.5)
     out_image = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=_PAD_COLOUR)
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=PAD_COLOUR)
     return _Layer(out_image, out_labels)
 
 

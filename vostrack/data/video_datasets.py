@@ -26,14 +26,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from vostrack.data.clips import VOID, AugmentConfig, Clip, GapSchedule, augment_clip
+from vostrack.data.clips import VOID, Clip, ClipSourceConfig, GapSchedule, augment_clip
 from vostrack.errors import VostrackError
 from vostrack.io.frames import IMAGE_SUFFIXES, natural_key, read_image_rgb
 from vostrack.io.palette import read_label_png
@@ -45,6 +45,7 @@ __all__ = [
     "VideoDataset",
     "DavisDataset",
     "YouTubeVOSDataset",
+    "VideoSamplingSettings",
     "VideoSamplingConfig",
     "VideoClipSource",
     "pick_frames",
@@ -347,30 +348,39 @@ def pick_frames(positions: Sequence[int], count: int, max_gap: int,
 
 
 @dataclass(frozen=True)
-class VideoSamplingConfig:
-    """How clips are drawn from a video dataset.
+class VideoSamplingSettings:
+    """How clips are drawn from a video dataset (a training config's ``video`` section).
 
-    ``max_gap`` bounds the frame distance between consecutive clip frames (an int, or a
-    :class:`GapSchedule` to grow it over training); the reference may be up to
-    ``reference_gap_scale`` times farther from the next frame (at inference it is often far
-    away). ``reverse`` is the probability of a clip played backwards. ``max_objects`` objects at
-    most (a random subset of those visible on the reference with ``min_object_pixels``).
+    The reference may be up to ``reference_gap_scale`` times farther from the next frame than
+    the largest gap between the other frames (at inference it is often far away).
+    ``reverse`` is the probability of a clip played backwards. ``max_objects`` objects at most
+    (a random subset of those visible on the reference with ``min_object_pixels``); the
+    trainer's own ``max_objects`` then keeps at most that many of them. ``attempts`` draws before
+    giving up on a clip with a visible object.
     """
 
-    num_frames: int = 3
-    max_gap: int | GapSchedule = 5
     reference_gap_scale: float = 2.0
     reverse: float = 0.5
     max_objects: int = 4
     min_object_pixels: int = 100
     attempts: int = 20
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if self.num_frames < 3:
-            raise ValueError(f"num_frames must be >= 3, got {self.num_frames}")
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+
+
+@dataclass(frozen=True)
+class VideoSamplingConfig(VideoSamplingSettings, ClipSourceConfig):
+    """:class:`VideoSamplingSettings` with the run's frames per clip, augmentation and
+    ``max_gap``: the largest frame distance between consecutive clip frames (an int, or a
+    :class:`GapSchedule` to grow it over training)."""
+
+    max_gap: int | GapSchedule = 5
+
+    def __post_init__(self) -> None:
+        ClipSourceConfig.__post_init__(self)
+        VideoSamplingSettings.__post_init__(self)
 
 
 class VideoClipSource:

@@ -41,7 +41,7 @@ def clip_loss(network: Any, batch: dict[str, Any], weights: LossWeights = LossWe
               bootstrap_ratio: Any = 1.0) -> tuple[Any, dict[str, Any]]:
     """Total loss of a batch of clips and its parts (for logging).
 
-    batch: the loader's dict (vostrack/data/loader.py): frames (B, T, H, W, 3), labels
+    batch: a training batch (vostrack/data/batches.py): frames (B, T, H, W, 3), labels
     (B, T, H, W), object_valid (B, K), object_present (B, T, K), part_boxes (B, T, K, P, 4),
     part_valid (B, T, K, P). Frames are used at their own size (no working-size resize).
     """

@@ -1,24 +1,14 @@
-"""Tests of the training loader (vostrack.data.loader): reproducibility, fixed shapes, mixing,
-the procedural source, and running as a Keras PyDataset (threads here, JAX in a subprocess)."""
+"""Training batches (vostrack.data.batches): reproducibility, fixed shapes, mixing, the
+procedural source and the construction of a source from a --data path."""
 
 from __future__ import annotations
-
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import run_on_jax
+from vostrack.data.batches import ClipBatches, LoaderConfig, MixedSource, source_from_path
 from vostrack.data.clips import VOID, AugmentConfig, Clip
-from vostrack.data.loader import (
-    ClipLoader,
-    LoaderConfig,
-    MixedSource,
-    ProceduralClipConfig,
-    ProceduralSource,
-    source_from_path,
-)
+from vostrack.data.procedural import ProceduralClipConfig, ProceduralSource
 from vostrack.errors import VostrackError
 
 SIZE = (48, 64)
@@ -59,13 +49,13 @@ def _equal(a: dict, b: dict) -> bool:
 def test_same_seed_same_batches_and_fixed_shapes():
     source = MixedSource([(_procedural(), 1.0), (Squares("squares", 7, objects=2), 1.0)])
     config = LoaderConfig(batch_size=3, steps_per_epoch=5, max_objects=4, max_parts=3, seed=7)
-    loader = ClipLoader(source, config)
-    first = loader[0]
-    assert _equal(first, ClipLoader(source, config)[0])
-    assert _equal(first, loader[0])
-    assert not _equal(first, loader[1])
-    assert not _equal(first, ClipLoader(source, LoaderConfig(batch_size=3, seed=8,
-                                                             max_parts=3))[0])
+    batches = ClipBatches(source, config)
+    first = batches.batch(0, 0)
+    assert _equal(first, ClipBatches(source, config).batch(0, 0))
+    assert _equal(first, batches.batch(0, 0))
+    assert not _equal(first, batches.batch(0, 1))
+    assert not _equal(first, ClipBatches(source, LoaderConfig(batch_size=3, seed=8,
+                                                              max_parts=3)).batch(0, 0))
     expected = {
         "frames": ((3, 3, *SIZE, 3), np.uint8), "labels": ((3, 3, *SIZE), np.uint8),
         "num_objects": ((3,), np.int32), "object_valid": ((3, 4), bool),
@@ -74,41 +64,35 @@ def test_same_seed_same_batches_and_fixed_shapes():
         "source": ((3,), np.int32),
     }
     for index in range(3):
-        batch = loader[index]
+        batch = batches.batch(0, index)
         assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
         assert np.all(batch["num_objects"] >= 1)
         np.testing.assert_array_equal(batch["object_valid"].sum(1), batch["num_objects"])
-    with pytest.raises(IndexError):
-        loader[5]
 
 
 def test_batches_depend_on_epoch_and_resume_by_step():
     source = Squares("squares", 1)
     config = LoaderConfig(batch_size=2, steps_per_epoch=4, seed=3)
-    loader = ClipLoader(source, config)
-    epoch0 = loader[2]
-    loader.on_epoch_end()
-    assert loader.epoch == 1
-    epoch1 = loader[2]
+    batches = ClipBatches(source, config)
+    epoch0 = batches.batch(0, 2)
+    epoch1 = batches.batch(1, 2)
     assert not _equal(epoch0, epoch1)
-    fresh = ClipLoader(source, config)
+    fresh = ClipBatches(source, config)
     assert _equal(fresh.batch_at_step(2), epoch0) and _equal(fresh.batch_at_step(6), epoch1)
-    assert _equal(ClipLoader(source, config, epoch=1)[2], epoch1)
     # The training step reaches the source (gap schedules depend on it).
     source.steps.clear()
     fresh.batch(2, 3)
     assert source.steps == [11, 11]
-    infinite = ClipLoader(source, LoaderConfig(batch_size=2, steps_per_epoch=None, seed=3))
-    assert infinite.num_batches is None
-    assert _equal(infinite[123], infinite.batch_at_step(123))
+    infinite = ClipBatches(source, LoaderConfig(batch_size=2, steps_per_epoch=None, seed=3))
+    assert _equal(infinite.batch(0, 123), infinite.batch_at_step(123))
 
 
 def test_mixing_weights_are_respected():
     a, b, c = Squares("a", 1), Squares("b", 2), Squares("c", 3)
-    loader = ClipLoader(MixedSource([(a, 3.0), (b, 1.0), (c, 0.0)]),
-                        LoaderConfig(batch_size=50, max_parts=1, seed=0))
-    sources = np.concatenate([loader[i]["source"] for i in range(8)])
-    corner = np.concatenate([loader[i]["frames"][:, 0, 0, 0, 0] for i in range(2)])
+    batches = ClipBatches(MixedSource([(a, 3.0), (b, 1.0), (c, 0.0)]),
+                          LoaderConfig(batch_size=50, max_parts=1, seed=0))
+    sources = np.concatenate([batches.batch(0, i)["source"] for i in range(8)])
+    corner = np.concatenate([batches.batch(0, i)["frames"][:, 0, 0, 0, 0] for i in range(2)])
     assert set(corner) <= {1, 2}
     fraction = np.mean(sources == 0)
     assert 0.68 < fraction < 0.82, fraction
@@ -120,12 +104,11 @@ def test_mixing_weights_are_respected():
 
 
 def test_one_hot_and_float_frames():
-    loader = ClipLoader(Squares("s", 9, objects=2),
+    batch = ClipBatches(Squares("s", 9, objects=2),
                         LoaderConfig(batch_size=2, max_objects=3, max_parts=2,
-                                     frames_dtype="float32", one_hot=True))
-    batch = loader[0]
-    plain = ClipLoader(Squares("s", 9, objects=2),
-                       LoaderConfig(batch_size=2, max_objects=3, max_parts=2))[0]
+                                     frames_dtype="float32", one_hot=True)).batch(0, 0)
+    plain = ClipBatches(Squares("s", 9, objects=2),
+                        LoaderConfig(batch_size=2, max_objects=3, max_parts=2)).batch(0, 0)
     assert batch["frames"].dtype == np.float32
     np.testing.assert_array_equal(batch["frames"], plain["frames"].astype(np.float32))
     onehot = batch["onehot"]
@@ -136,9 +119,8 @@ def test_one_hot_and_float_frames():
 
 
 def test_too_many_objects_are_subsampled():
-    loader = ClipLoader(Squares("s", 1, objects=3), LoaderConfig(batch_size=4, max_objects=2,
-                                                                 max_parts=2))
-    batch = loader[0]
+    batch = ClipBatches(Squares("s", 1, objects=3), LoaderConfig(batch_size=4, max_objects=2,
+                                                                 max_parts=2)).batch(0, 0)
     assert np.all(batch["num_objects"] == 2) and batch["labels"][batch["labels"] != VOID].max() <= 2
 
 
@@ -159,54 +141,3 @@ def test_source_from_path(tmp_path):
     assert isinstance(source_from_path("procedural", size=SIZE), ProceduralSource)
     with pytest.raises(VostrackError):
         source_from_path(tmp_path / "nothing")
-
-
-def test_pydataset_with_thread_workers_gives_the_same_batches():
-    adapters = pytest.importorskip("keras.src.trainers.data_adapters.py_dataset_adapter")
-    config = LoaderConfig(batch_size=2, steps_per_epoch=4, max_parts=2, seed=5)
-    direct = [ClipLoader(Squares("s", 1), config)[i] for i in range(4)]
-    loader = ClipLoader(Squares("s", 1), config, workers=2)
-    adapter = adapters.PyDatasetAdapter(loader)
-    adapter.on_epoch_begin()
-    got = list(adapter.get_numpy_iterator())
-    adapter.on_epoch_end()
-    assert len(got) == 4
-    assert all(_equal(a, b) for a, b in zip(got, direct))
-
-
-_JAX_SCRIPT = textwrap.dedent("""
-    import sys
-    import numpy as np
-    import keras
-    import jax
-    import jax.numpy as jnp
-    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-    from vostrack.data.clips import AugmentConfig
-    from vostrack.data.loader import (ClipLoader, LoaderConfig, ProceduralClipConfig,
-                                      ProceduralSource)
-
-    assert keras.backend.backend() == "jax"
-    source = ProceduralSource(ProceduralClipConfig(augment=AugmentConfig(size=(32, 32))))
-    config = LoaderConfig(batch_size=2, steps_per_epoch=2, max_parts=2, one_hot=True,
-                          frames_dtype="float32")
-    loader = ClipLoader(source, config, workers=2, use_multiprocessing=True)
-    adapter = PyDatasetAdapter(loader)
-    adapter.on_epoch_begin()
-    batches = list(adapter.get_jax_iterator())
-    adapter.on_epoch_end()
-    assert len(batches) == 2
-    step = jax.jit(lambda b: (b["onehot"].sum(), b["part_boxes"].mean()))
-    for index, batch in enumerate(batches):
-        assert batch["frames"].shape == (2, 3, 32, 32, 3)
-        direct = ClipLoader(source, config).batch(0, index)
-        np.testing.assert_array_equal(np.asarray(batch["labels"]), direct["labels"])
-        total, _ = step({k: jnp.asarray(v) for k, v in batch.items()})
-        assert float(total) == float((direct["labels"] != 255).sum())
-    assert "tensorflow" not in sys.modules, "the loader imported TensorFlow"
-    print("JAX-OK")
-""")
-
-
-def test_pydataset_under_the_jax_backend_in_worker_processes():
-    run = run_on_jax(_JAX_SCRIPT, Path.cwd())
-    assert "JAX-OK" in run.stdout, run.stderr[-3000:]

@@ -1,0 +1,108 @@
+"""The training config (vostrack.training.config): its data sections reach every source, a
+config file is checked to any depth in one line, and init_only takes part of a checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from tests.conftest import fails
+from tests.test_training import TINY
+from vostrack.data.clips import AugmentSettings, ColourJitter, GapSchedule
+from vostrack.data.procedural import ProceduralClipSettings, ProceduralSource
+from vostrack.data.static_clips import StaticClipSettings, StaticClipSource
+from vostrack.data.video_datasets import VideoClipSource, VideoSamplingSettings
+from vostrack.training.config import TrainConfig
+from vostrack.training.trainer import training_batches
+
+
+def _data(root):
+    from tests.test_cli_validate import make_tree
+    from tests.test_static_clips import OBJECTS, _write
+
+    make_tree(root / "tree", num_frames=5)
+    rng = np.random.default_rng(0)
+    for stem, (colour, shape) in OBJECTS.items():
+        _write(root / "images", stem, colour, shape, rng)
+    return [str(root / "tree"), str(root / "images"), "procedural"]
+
+
+def test_every_data_setting_reaches_its_source(tmp_path):
+    paths = _data(tmp_path)
+    config = TrainConfig.from_dict({
+        "data": [{"path": p} for p in paths], "size": 64, "num_frames": 4, "steps": 50,
+        "warmup_steps": 5, "max_gap": [2, 7],
+        "augment": {"flip": 0.0, "zoom": [1.0, 1.2], "colour": {"hue": 0.0}},
+        "video": {"reverse": 0.0, "max_objects": 2, "reference_gap_scale": 1.0},
+        "static": {"deform": "tps", "object_size": [0.4, 0.5], "paste_distractor": 0.0},
+        "procedural": {"reverse": 0.0, "objects": [2, 2], "depth_change_every": [3, 4]},
+    })
+    assert config.augment.colour == ColourJitter(hue=0.0) and config.static.object_size == (
+        0.4, 0.5)
+    sources = {type(s): s for s in training_batches(config).source.sources}
+    video, static = sources[VideoClipSource].config, sources[StaticClipSource].config
+    procedural = sources[ProceduralSource].config
+    for source in (video, static, procedural):
+        assert source.num_frames == 4 and source.augment.size == (64, 64)
+        assert source.augment.flip == 0.0 and source.augment.zoom == (1.0, 1.2)
+        assert source.augment.colour.hue == 0.0
+    assert video.max_gap == procedural.max_gap == GapSchedule(2, 7, 50)
+    assert (video.reverse, video.max_objects, video.reference_gap_scale) == (0.0, 2, 1.0)
+    assert (static.deform, static.object_size, static.paste_distractor) == ("tps", (0.4, 0.5),
+                                                                            0.0)
+    assert (procedural.reverse, procedural.objects, procedural.depth_change_every) == (
+        0.0, (2, 2), (3, 4))
+    batch = training_batches(config).batch_at_step(0)
+    assert batch["frames"].shape == (4, 4, 64, 64, 3)
+
+
+def test_a_config_without_the_sections_means_their_defaults():
+    config = TrainConfig.from_dict({"steps": 10, "warmup_steps": 1})
+    assert config.augment == AugmentSettings() and config.video == VideoSamplingSettings()
+    assert config.static == StaticClipSettings()
+    assert config.procedural == ProceduralClipSettings()
+    written = config.to_dict()
+    assert written["augment"]["colour"]["probability"] == 0.8
+    assert TrainConfig.from_dict(json.loads(json.dumps(written))) == config
+    off = TrainConfig.from_dict({**written, "augment": {**written["augment"], "colour": None}})
+    assert off.augment.colour is None
+
+
+def test_bad_section_options_are_refused_in_one_line(tmp_path):
+    cases = [
+        ('{"static": {"rotashun": 3}}', "unknown training option(s): static.rotashun"),
+        ('{"augment": {"colour": {"hue": 0.1, "tint": 1}}}',
+         "unknown training option(s): augment.colour.tint"),
+        ('{"augment": {"zoom": [2.0, 1.0]}}', "training config: augment: zoom must satisfy"),
+        ('{"procedural": {"objects": [0, 2]}}', "objects must be a range 1 <= min <= max"),
+        ('{"static": {"deform": "twirl"}}', "deform must be tps, elastic, random or none"),
+        ('{"video": 3}', "video must be a mapping of options, not int"),
+        ('{"init_only": ["fpn"]}', "init_only picks variables of init"),
+    ]
+    for index, (text, message) in enumerate(cases):
+        path = tmp_path / f"{index}.json"
+        path.write_text(text)
+        fails(["train", "--config", path, "--out", tmp_path / "run"], message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_init_only_takes_the_backbone_of_a_checkpoint(tmp_path):
+    from vostrack.network.vos import VosNetwork
+    from vostrack.training.checkpoints import NETWORK, network_arrays, save_arrays
+    from vostrack.training.trainer import Trainer
+
+    # Every value moved off what a build gives (constants included), so that a variable
+    # equals the checkpoint's only if it was restored from it.
+    saved = {k: a + np.asarray(1, a.dtype)
+             for k, a in network_arrays(VosNetwork(TINY.model, weights=None)).items()}
+    folder = tmp_path / "init"
+    folder.mkdir()
+    save_arrays(folder, NETWORK, saved)
+    config = dataclasses.replace(TINY, init=str(folder), init_only=("backbone",))
+    trainer = Trainer(config, tmp_path / "run")
+    encoder = {v.path for v in trainer.network.encoder.variables}
+    for variable in trainer.network.variables:
+        same = np.array_equal(np.asarray(variable.numpy()), saved[variable.path])
+        assert same == (variable.path in encoder), variable.path
