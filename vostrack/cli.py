@@ -540,8 +540,7 @@ def _export(model: str | None, config_path: Path | None, checkpoint: Path | None
         from vostrack.training.checkpoints import checkpoint_config, checkpoint_network
 
         config = configured(checkpoint_config(checkpoint)[1].model)  # fails early
-        network = checkpoint_network(checkpoint)
-        network.config = config
+        network = checkpoint_network(checkpoint, config)
     else:
         model_dir = resolve_model(model)
         manifest = read_manifest(model_dir)

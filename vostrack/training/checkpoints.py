@@ -34,13 +34,16 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vostrack.errors import VostrackError
 from vostrack.io.atomic import write_json, write_text
 from vostrack.training.config import BACKBONE, TrainConfig
+
+if TYPE_CHECKING:
+    from vostrack.network.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -268,12 +271,13 @@ def checkpoint_config(path: Path) -> tuple[Path, TrainConfig]:
     return path, TrainConfig.from_dict(read_state(path)["config"])
 
 
-def checkpoint_network(path: Path) -> Any:
-    """The network of a checkpoint (or of a run folder's latest one), for export: built with the
-    config it was trained with, every variable restored by its path."""
+def checkpoint_network(path: Path, model: "ModelConfig | None" = None) -> Any:
+    """The network of a checkpoint (or of a run folder's latest one), for export: built with
+    ``model`` (the config it was trained with, with other inference settings: they do not change
+    the weights) or the trained config itself, every variable restored by its path."""
     from vostrack.network.vos import VosNetwork
 
     path, config = checkpoint_config(path)
-    network = VosNetwork(config.model, weights=None)
+    network = VosNetwork(config.model if model is None else model, weights=None)
     restore_network(network, path)
     return network
