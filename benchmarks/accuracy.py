@@ -22,8 +22,12 @@ from pathlib import Path
 
 # RGMP (Oh et al., CVPR 2018) on DAVIS-2016 val, official protocol, J mean / F mean
 # (../shared/data/README.md); the all-20 figure is from the paper.
-RGMP = {"blackswan": (0.960, 0.986), "bmx-trees": (0.526, 0.745),
-        "breakdance": (0.592, 0.631), "car-shadow": (0.963, 0.997)}
+RGMP = {
+    "blackswan": (0.960, 0.986),
+    "bmx-trees": (0.526, 0.745),
+    "breakdance": (0.592, 0.631),
+    "car-shadow": (0.963, 0.997),
+}
 RGMP_ALL20 = (0.815, 0.820, 0.818)  # J, F, J&F as published
 
 
@@ -34,8 +38,14 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--runtime", default="frozen", choices=("frozen", "keras"))
     parser.add_argument("--results", type=Path, help="score these segmentations instead")
-    parser.add_argument("--set", dest="settings", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config value (JSON value)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (JSON value)",
+    )
     args = parser.parse_args()
 
     from vostrack.evaluation.davis import DavisTree, score
@@ -49,8 +59,7 @@ def main() -> None:
     if results is None:
         results = Path(tempfile.mkdtemp(prefix="vostrack-accuracy-"))
         with native_stderr_silenced():
-            propagator, info = load_propagator(args.model, args.runtime,
-                                               overrides=args.settings)
+            propagator, info = load_propagator(args.model, args.runtime, overrides=args.settings)
         segment_tree(tree, seqs, propagator, results, info, progress=False)
     report = score(tree, results, seqs)
 
@@ -61,8 +70,11 @@ def main() -> None:
     for s in report.sequences:
         m = s.measures
         known = RGMP.get(s.sequence)
-        theirs = (f"{known[0]:7.3f}{known[1]:7.3f}{sum(known) / 2:9.3f}" if known
-                  else f"{'-':>7}{'-':>7}{'-':>9}")
+        theirs = (
+            f"{known[0]:7.3f}{known[1]:7.3f}{sum(known) / 2:9.3f}"
+            if known
+            else f"{'-':>7}{'-':>7}{'-':>9}"
+        )
         rgmp_rows.append(known)
         print(f"{s.sequence:<14}{m.j_mean:7.3f}{m.f_mean:7.3f}{m.jf:7.3f}   {theirs}")
     m = report.overall
@@ -72,8 +84,10 @@ def main() -> None:
     else:
         theirs = f"{'-':>7}{'-':>7}{'-':>9}"
     print(f"{'ALL':<14}{m.j_mean:7.3f}{m.f_mean:7.3f}{m.jf:7.3f}   {theirs}")
-    print(f"(RGMP on all 20 DAVIS-2016 val sequences: J {RGMP_ALL20[0]:.3f}, "
-          f"F {RGMP_ALL20[1]:.3f}, J&F {RGMP_ALL20[2]:.3f})")
+    print(
+        f"(RGMP on all 20 DAVIS-2016 val sequences: J {RGMP_ALL20[0]:.3f}, "
+        f"F {RGMP_ALL20[1]:.3f}, J&F {RGMP_ALL20[2]:.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def make_folder(folder: Path, frames: int) -> Path:
     from vostrack.io.palette import write_label_png
 
     folder.mkdir(parents=True)
-    for t, (frame, labels) in enumerate(iter_scene(SceneConfig(num_frames=frames, num_objects=1,
-                                                                seed=2))):
+    for t, (frame, labels) in enumerate(
+        iter_scene(SceneConfig(num_frames=frames, num_objects=1, seed=2))
+    ):
         cv2.imwrite(str(folder / f"{t:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         if t == 0:
             write_label_png(folder.parent / "mask.png", labels)
@@ -42,10 +43,24 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = make_folder(Path(tmp) / "frames", frames)
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            proc = subprocess.run([sys.executable, "-m", "vostrack", "segment", str(folder),
-                                   "--mask", str(Path(tmp) / "mask.png"), "-o",
-                                   str(Path(tmp) / "out"), "-q", "--model", args.model],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "vostrack",
+                    "segment",
+                    str(folder),
+                    "--mask",
+                    str(Path(tmp) / "mask.png"),
+                    "-o",
+                    str(Path(tmp) / "out"),
+                    "-q",
+                    "--model",
+                    args.model,
+                ],
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode != 0:
                 sys.exit(proc.stderr)
             peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -29,8 +29,9 @@ def child(model: str, runtime: str, frames: int, objects: int, mirror: bool | No
 
     with native_stderr_silenced():
         propagator, info = load_propagator(model, runtime, mirror)
-    scene = iter_scene(SceneConfig(height=480, width=854, num_frames=frames,
-                                   num_objects=objects, seed=1))
+    scene = iter_scene(
+        SceneConfig(height=480, width=854, num_frames=frames, num_objects=objects, seed=1)
+    )
     frame, labels = next(scene)
     reference = propagator.encode_reference(frame, labels)
     state = propagator.initial_state(frame, labels, reference)
@@ -40,10 +41,16 @@ def child(model: str, runtime: str, frames: int, objects: int, mirror: bool | No
         _, state = propagator.step(frame, reference, state)
         times.append(time.perf_counter() - start)
     steady = np.array(times[3:])
-    return {"model": model, "runtime": runtime, "mirror": info["mirror_average"],
-            "objects": objects, "frames": frames,
-            "fps": round(1 / steady.mean(), 2), "median_step_ms": round(1000 * np.median(steady), 1),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "model": model,
+        "runtime": runtime,
+        "mirror": info["mirror_average"],
+        "objects": objects,
+        "frames": frames,
+        "fps": round(1 / steady.mean(), 2),
+        "median_step_ms": round(1000 * np.median(steady), 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -52,24 +59,43 @@ def main() -> None:
     parser.add_argument("--runtime", default="frozen", choices=["frozen", "keras"])
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 5])
-    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=None,
-                        help="average each frame with its mirror image (default: the model's)")
+    parser.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each frame with its mirror image (default: the model's)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.model, args.runtime, args.frames, args.objects[0],
-                               args.mirror)))
+        print(
+            json.dumps(child(args.model, args.runtime, args.frames, args.objects[0], args.mirror))
+        )
         return
-    print(f"# {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
-          f"python {platform.python_version()}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
+        f"python {platform.python_version()}"
+    )
     print(f"{'objects':>7} {'frames/s':>9} {'median ms':>10} {'peak RSS MiB':>13}")
     for objects in args.objects:
-        out = subprocess.run([sys.executable, __file__, "--child", "--model", args.model,
-                              "--runtime", args.runtime, "--frames", str(args.frames),
-                              "--objects", str(objects)]
-                             + ([] if args.mirror is None else
-                                ["--mirror" if args.mirror else "--no-mirror"]),
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--model",
+                args.model,
+                "--runtime",
+                args.runtime,
+                "--frames",
+                str(args.frames),
+                "--objects",
+                str(objects),
+            ]
+            + ([] if args.mirror is None else ["--mirror" if args.mirror else "--no-mirror"]),
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             sys.exit(out.stderr[-2000:])
         r = json.loads(out.stdout.strip().splitlines()[-1])

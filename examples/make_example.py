@@ -33,9 +33,15 @@ FPS = 24
 #: (a clean reference mask) and they cross each other repeatedly afterwards (real occlusion,
 #: each object partly hidden at some point, none hidden for long).
 EXAMPLE = SceneConfig(
-    height=480, width=854, num_frames=4 * FPS, num_objects=3, seed=7,
-    object_size=(0.17, 0.25), speed=0.014,
-    shapes=("star", "blob", "polygon"), textures=("stripes", "noise", "checker"),
+    height=480,
+    width=854,
+    num_frames=4 * FPS,
+    num_objects=3,
+    seed=7,
+    object_size=(0.17, 0.25),
+    speed=0.014,
+    shapes=("star", "blob", "polygon"),
+    textures=("stripes", "noise", "checker"),
 )
 
 
@@ -50,10 +56,24 @@ def write_mp4(path: Path, frames, crf: int) -> None:
     """Encode RGB uint8 frames as H.264 (yuv420p, playable anywhere), atomically."""
     with atomic_path(path) as tmp:
         writer = imageio.get_writer(
-            tmp, format="FFMPEG", mode="I", fps=FPS, codec="libx264", quality=None,
-            pixelformat="yuv420p", macro_block_size=1,
-            ffmpeg_params=["-crf", str(crf), "-preset", "slow", "-movflags", "+faststart",
-                           "-map_metadata", "-1"],
+            tmp,
+            format="FFMPEG",
+            mode="I",
+            fps=FPS,
+            codec="libx264",
+            quality=None,
+            pixelformat="yuv420p",
+            macro_block_size=1,
+            ffmpeg_params=[
+                "-crf",
+                str(crf),
+                "-preset",
+                "slow",
+                "-movflags",
+                "+faststart",
+                "-map_metadata",
+                "-1",
+            ],
         )
         try:
             for frame in frames:
@@ -64,12 +84,25 @@ def write_mp4(path: Path, frames, crf: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
-                        help="folder for shapes.mp4 and shapes_mask.png (default: examples/)")
-    parser.add_argument("--ground-truth", type=Path, default=None, metavar="DIR",
-                        help="also write every frame's label PNG here (00000.png, ...)")
-    parser.add_argument("--crf", type=int, default=20,
-                        help="x264 constant rate factor: lower = better and bigger (default 20)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="folder for shapes.mp4 and shapes_mask.png (default: examples/)",
+    )
+    parser.add_argument(
+        "--ground-truth",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write every frame's label PNG here (00000.png, ...)",
+    )
+    parser.add_argument(
+        "--crf",
+        type=int,
+        default=20,
+        help="x264 constant rate factor: lower = better and bigger (default 20)",
+    )
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -99,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     write_label_png(args.out / "shapes_mask.png", mask)
     _readable(video)
     _readable(args.out / "shapes_mask.png")
-    print(f"wrote {video} ({video.stat().st_size / 1e6:.2f} MB, {EXAMPLE.num_frames} frames, "
-          f"{EXAMPLE.width}x{EXAMPLE.height} @ {FPS} fps) and {args.out / 'shapes_mask.png'}")
+    print(
+        f"wrote {video} ({video.stat().st_size / 1e6:.2f} MB, {EXAMPLE.num_frames} frames, "
+        f"{EXAMPLE.width}x{EXAMPLE.height} @ {FPS} fps) and {args.out / 'shapes_mask.png'}"
+    )
     if args.ground_truth is not None:
         print(f"wrote {EXAMPLE.num_frames} label PNGs to {args.ground_truth}")
     return 0

@@ -65,10 +65,16 @@ def write_video(path: Path, frames, fps: float = 10.0, crf: int = 12) -> Path:
     """Encode RGB frames as H.264 mp4 (nearly lossless, so colours survive)."""
     frames = list(frames)
     height, width = frames[0].shape[:2]
-    writer = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, codec="libx264",
-                                         pix_fmt_out="yuv444p", macro_block_size=1,
-                                         output_params=["-crf", str(crf)],
-                                         ffmpeg_log_level="error")
+    writer = imageio_ffmpeg.write_frames(
+        str(path),
+        (width, height),
+        fps=fps,
+        codec="libx264",
+        pix_fmt_out="yuv444p",
+        macro_block_size=1,
+        output_params=["-crf", str(crf)],
+        ffmpeg_log_level="error",
+    )
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
@@ -76,8 +82,9 @@ def write_video(path: Path, frames, fps: float = 10.0, crf: int = 12) -> Path:
     return path
 
 
-def squares_clip(num_frames: int = 12, height: int = 64, width: int = 96,
-                 appear_at: dict[int, int] | None = None):
+def squares_clip(
+    num_frames: int = 12, height: int = 64, width: int = 96, appear_at: dict[int, int] | None = None
+):
     """Flat-colour squares moving over a dark background: exact ground truth, and colours that
     survive video compression, so the colour double tracks them perfectly."""
     appear_at = appear_at or {}
@@ -91,8 +98,8 @@ def squares_clip(num_frames: int = 12, height: int = 64, width: int = 96,
                 continue
             y = 8 + 14 * (k - 1)
             x = 4 + 2 * t + 10 * (k - 1)
-            frames[t, y:y + 12, x:x + 12] = colour
-            labels[t, y:y + 12, x:x + 12] = k
+            frames[t, y : y + 12, x : x + 12] = colour
+            labels[t, y : y + 12, x : x + 12] = k
     return frames, labels
 
 
@@ -156,8 +163,14 @@ def jax_env() -> dict[str, str]:
         pytest.skip("JAX is not installed (set VOSTRACK_JAX_PATH to a folder that has it)")
     repo = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (extra, repo, os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-                PYTHONPATH=path, **_jax_cache())
+    return dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=path,
+        **_jax_cache(),
+    )
 
 
 @functools.cache
@@ -167,13 +180,22 @@ def _jax_cache() -> dict[str, str]:
     these CPUs), and later processes find them compiled. Fresh for every session."""
     folder = tempfile.mkdtemp(prefix="vostrack-jax-cache-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return {"JAX_COMPILATION_CACHE_DIR": folder, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": folder,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
 
 
 def run_on_jax(script: str, workdir: Path, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run ``script`` in a fresh interpreter on the JAX backend in ``workdir``; it must succeed."""
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=workdir,
-                            env=jax_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        cwd=workdir,
+        env=jax_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result

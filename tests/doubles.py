@@ -28,7 +28,9 @@ class ColourState:
 class ColourPropagator:
     name = "colour-double"
 
-    def __init__(self, radius: int = 6, max_distance: float = 60.0, interrupt_at: int | None = None):
+    def __init__(
+        self, radius: int = 6, max_distance: float = 60.0, interrupt_at: int | None = None
+    ):
         self.radius = radius
         self.max_distance = max_distance
         self.interrupt_at = interrupt_at  # raise KeyboardInterrupt on this step call (Ctrl-C)

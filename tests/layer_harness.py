@@ -21,8 +21,9 @@ import dataclasses
 import importlib
 import json
 import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -43,8 +44,9 @@ def _numpy(value: Any) -> Any:
     return np.asarray(ops.convert_to_numpy(value))
 
 
-def assert_same_outputs(got: Any, expected: Any, atol: float, rtol: float = 0.0,
-                        what: str = "") -> None:
+def assert_same_outputs(
+    got: Any, expected: Any, atol: float, rtol: float = 0.0, what: str = ""
+) -> None:
     """``got`` and ``expected`` (tensors, or dicts / tuples of them) agree to ``atol``."""
     got, expected = _numpy(got), _numpy(expected)
     if isinstance(expected, dict):
@@ -80,18 +82,26 @@ def tf_signature(args: Sequence[Any], unknown_axes: Axes) -> list[Any]:
     dimensions ``unknown_axes`` left unknown: :data:`ALL_BUT_LAST` or one tuple of axes for
     every argument, or one of those per argument (an argument's axes apply to every array of a
     dict). Axes beyond an array's rank are ignored (a scalar stays a scalar)."""
-    per_arg = (list(unknown_axes)
-               if not isinstance(unknown_axes, str) and unknown_axes
-               and not isinstance(unknown_axes[0], int)
-               else [unknown_axes] * len(args))
+    per_arg = (
+        list(unknown_axes)
+        if not isinstance(unknown_axes, str)
+        and unknown_axes
+        and not isinstance(unknown_axes[0], int)
+        else [unknown_axes] * len(args)
+    )
     if len(per_arg) != len(args):
         raise ValueError(f"{len(per_arg)} unknown_axes tuples for {len(args)} arguments")
     return [_spec(arg, axes) for arg, axes in zip(args, per_arg)]
 
 
-def check_traced(fn: Callable[..., Any], arg_sets: Sequence[Sequence[Any]],
-                 unknown_axes: Axes = ALL_BUT_LAST,
-                 atol: float = 1e-5, rtol: float = 0.0, traces: int = 1) -> list[Any]:
+def check_traced(
+    fn: Callable[..., Any],
+    arg_sets: Sequence[Sequence[Any]],
+    unknown_axes: Axes = ALL_BUT_LAST,
+    atol: float = 1e-5,
+    rtol: float = 0.0,
+    traces: int = 1,
+) -> list[Any]:
     """Run ``fn`` inside one ``tf.function`` whose signature (from ``arg_sets[0]``, see
     :func:`tf_signature`) leaves ``unknown_axes`` unknown, on every argument tuple of
     ``arg_sets`` (e.g. two frame sizes, two numbers of parts); each result must agree with
@@ -121,12 +131,17 @@ def randomize_weights(layer: keras.layers.Layer, scale: float = 0.1, seed: int =
     (the network's heads start as an identity on the prior) would hide a wrong or missing
     weight from an output comparison."""
     rng = np.random.RandomState(seed)
-    layer.set_weights([(scale * np.asarray(rng.randn(*np.shape(w)))).astype(np.asarray(w).dtype)
-                       for w in layer.get_weights()])
+    layer.set_weights(
+        [
+            (scale * np.asarray(rng.randn(*np.shape(w)))).astype(np.asarray(w).dtype)
+            for w in layer.get_weights()
+        ]
+    )
 
 
-def check_config_round_trip(layer: keras.layers.Layer, args: Sequence[Any],
-                            atol: float = 1e-5) -> keras.layers.Layer:
+def check_config_round_trip(
+    layer: keras.layers.Layer, args: Sequence[Any], atol: float = 1e-5
+) -> keras.layers.Layer:
     """``type(layer).from_config(layer.get_config())`` has the same config and, built on
     ``args``, as many weights; given ``layer``'s weights it computes ``layer``'s outputs.
     Returns the clone."""
@@ -162,8 +177,12 @@ def _unflatten(flat: dict[str, np.ndarray]) -> list[Any]:
 
 
 def _shapes(args: Sequence[Any]) -> list[Any]:
-    return [{key: tuple(np.shape(v)) for key, v in arg.items()} if isinstance(arg, dict)
-            else tuple(np.shape(arg)) for arg in args]
+    return [
+        {key: tuple(np.shape(v)) for key, v in arg.items()}
+        if isinstance(arg, dict)
+        else tuple(np.shape(arg))
+        for arg in args
+    ]
 
 
 def run_saved_layer() -> dict[str, np.ndarray]:
@@ -186,16 +205,24 @@ def run_saved_layer() -> dict[str, np.ndarray]:
     def run(trainable: list, non_trainable: list, args: list) -> Any:
         return layer.stateless_call(trainable, non_trainable, *args)[0]
 
-    outputs = run([v.value for v in layer.trainable_variables],
-                  [v.value for v in layer.non_trainable_variables], args)
+    outputs = run(
+        [v.value for v in layer.trainable_variables],
+        [v.value for v in layer.non_trainable_variables],
+        args,
+    )
     if isinstance(outputs, dict):
         return {f"out/{key}": np.asarray(value) for key, value in outputs.items()}
     return {"out": np.asarray(outputs)}
 
 
-def check_jax_parity(layer: keras.layers.Layer, args: Sequence[Any], workdir: Path,
-                     atol: float = 1e-4, config_overrides: dict[str, Any] | None = None,
-                     extra_script: str = "") -> dict[str, np.ndarray]:
+def check_jax_parity(
+    layer: keras.layers.Layer,
+    args: Sequence[Any],
+    workdir: Path,
+    atol: float = 1e-4,
+    config_overrides: dict[str, Any] | None = None,
+    extra_script: str = "",
+) -> dict[str, np.ndarray]:
     """``layer`` (built, with its weights) rebuilt from its config and weights in a JAX
     subprocess must compute its outputs on ``args`` to ``atol``.
 
@@ -217,12 +244,18 @@ def check_jax_parity(layer: keras.layers.Layer, args: Sequence[Any], workdir: Pa
     (workdir / "layer.json").write_text(json.dumps(spec))
     np.savez(workdir / "args.npz", **_flatten(args))
     np.savez(workdir / "weights.npz", *layer.get_weights())
-    run_on_jax("\n".join([
-        "import numpy as np",
-        "from tests.layer_harness import run_saved_layer",
-        "outputs = run_saved_layer()",
-        textwrap.dedent(extra_script),
-        'np.savez("outputs.npz", **outputs)']), workdir)
+    run_on_jax(
+        "\n".join(
+            [
+                "import numpy as np",
+                "from tests.layer_harness import run_saved_layer",
+                "outputs = run_saved_layer()",
+                textwrap.dedent(extra_script),
+                'np.savez("outputs.npz", **outputs)',
+            ]
+        ),
+        workdir,
+    )
     jax_out = dict(np.load(workdir / "outputs.npz"))
     expected = _numpy(layer(*args))
     if isinstance(expected, dict):
@@ -241,11 +274,17 @@ class LayerTest:
     outputs: Any  # the layer's outputs on ``args`` with its initial weights, as numpy
 
 
-def run_layer_test(layer_cls: type, init_kwargs: dict[str, Any], args: Sequence[Any], *,
-                   traced_arg_sets: Sequence[Sequence[Any]] | None = None,
-                   unknown_axes: Axes | None = ALL_BUT_LAST,
-                   randomize: float | None = 0.1, atol: float = 1e-5,
-                   graph_atol: float | None = None) -> LayerTest:
+def run_layer_test(
+    layer_cls: type,
+    init_kwargs: dict[str, Any],
+    args: Sequence[Any],
+    *,
+    traced_arg_sets: Sequence[Sequence[Any]] | None = None,
+    unknown_axes: Axes | None = ALL_BUT_LAST,
+    randomize: float | None = 0.1,
+    atol: float = 1e-5,
+    graph_atol: float | None = None,
+) -> LayerTest:
     """The layer checks of every network layer test.
 
     1. ``layer_cls(**init_kwargs)`` built on ``args`` (positional call arguments); its outputs
@@ -265,6 +304,11 @@ def run_layer_test(layer_cls: type, init_kwargs: dict[str, Any], args: Sequence[
     check_config_round_trip(layer, args, atol)
     if unknown_axes is not None and keras.backend.backend() == "tensorflow":
         fresh = layer_cls(**init_kwargs)
-        check_traced(lambda *a: fresh(*a), traced_arg_sets or [args], unknown_axes,
-                     atol if graph_atol is None else graph_atol, traces=2)
+        check_traced(
+            lambda *a: fresh(*a),
+            traced_arg_sets or [args],
+            unknown_axes,
+            atol if graph_atol is None else graph_atol,
+            traces=2,
+        )
     return LayerTest(layer, initial)

@@ -3,7 +3,6 @@ a TF graph with an unknown number of parts; parity with JAX."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from keras import ops
@@ -17,7 +16,6 @@ from vostrack.network.aggregation import (
     soft_aggregate_logits,
 )
 from vostrack.network.roi import roi_align
-
 
 
 def _np(x):
@@ -38,9 +36,17 @@ def test_constant_crop_fills_exactly_its_box(stride):
     box = np.array([10.3, 20.6, 37.2, 47.9], np.float32)
     crop = np.ones((1, 16, 16, 1), np.float32)
     height, width = 64 // stride, 96 // stride
-    probs, coverage = paste_parts(crop, box[None], np.array([0]), np.array([True]),
-                                  np.array([0.7], np.float32), 1, (height, width),
-                                  stride=stride, from_logits=False)
+    probs, coverage = paste_parts(
+        crop,
+        box[None],
+        np.array([0]),
+        np.array([True]),
+        np.array([0.7], np.float32),
+        1,
+        (height, width),
+        stride=stride,
+        from_logits=False,
+    )
     probs, coverage = _np(probs)[0], _np(coverage)[0]
     inside = _inside(box, height, width, stride)
     assert inside.sum() > 0 and (~inside).sum() > 0
@@ -59,8 +65,9 @@ def test_overlapping_parts_give_the_score_weighted_average():
     boxes = np.array([[0, 0, 32, 40], [16, 24, 48, 64], [0, 48, 16, 64]], np.float32)
     values = np.stack([np.full((8, 8, 1), v, np.float32) for v in (0.2, 0.8, 0.6)])
     scores = np.array([0.9, 0.3, 0.5], np.float32)
-    probs, coverage = paste_parts(values, boxes, np.array([0, 0, 1]), np.ones(3, bool), scores,
-                                  2, (48, 64), from_logits=False)
+    probs, coverage = paste_parts(
+        values, boxes, np.array([0, 0, 1]), np.ones(3, bool), scores, 2, (48, 64), from_logits=False
+    )
     probs, coverage = _np(probs), _np(coverage)
     a, b = _inside(boxes[0], 48, 64), _inside(boxes[1], 48, 64)
     np.testing.assert_allclose(probs[0][a & ~b], 0.2, atol=1e-6)
@@ -80,17 +87,31 @@ def test_invalid_and_lost_parts_contribute_nothing():
     rng = np.random.RandomState(0)
     boxes = np.array([[4, 4, 30, 40]], np.float32)
     logits = rng.randn(1, 8, 8, 1).astype(np.float32)
-    reference = [_np(v) for v in paste_parts(logits, boxes, np.array([0]), np.array([True]),
-                                             np.array([0.8], np.float32), 1, (40, 48))]
+    reference = [
+        _np(v)
+        for v in paste_parts(
+            logits, boxes, np.array([0]), np.array([True]), np.array([0.8], np.float32), 1, (40, 48)
+        )
+    ]
     extra_boxes = np.array([[0, 0, 40, 48], [10, 10, 20, 20], [-5, -5, 60, 70]], np.float32)
-    extra_logits = np.stack([np.full((8, 8, 1), np.nan, np.float32),  # padding: anything
-                             np.full((8, 8, 1), 5.0, np.float32),
-                             np.full((8, 8, 1), 5.0, np.float32)])
+    extra_logits = np.stack(
+        [
+            np.full((8, 8, 1), np.nan, np.float32),  # padding: anything
+            np.full((8, 8, 1), 5.0, np.float32),
+            np.full((8, 8, 1), 5.0, np.float32),
+        ]
+    )
     # An invalid row, a valid one with score 0 and one below min_score.
-    got = paste_parts(np.concatenate([logits, extra_logits]),
-                      np.concatenate([boxes, extra_boxes]), np.zeros(4, np.int32),
-                      np.array([True, False, True, True]),
-                      np.array([0.8, 0.9, 0.0, 0.1], np.float32), 1, (40, 48), min_score=0.15)
+    got = paste_parts(
+        np.concatenate([logits, extra_logits]),
+        np.concatenate([boxes, extra_boxes]),
+        np.zeros(4, np.int32),
+        np.array([True, False, True, True]),
+        np.array([0.8, 0.9, 0.0, 0.1], np.float32),
+        1,
+        (40, 48),
+        min_score=0.15,
+    )
     for expected, value in zip(reference, got):
         assert np.all(np.isfinite(_np(value)))
         np.testing.assert_allclose(_np(value), expected, atol=1e-6)
@@ -102,16 +123,23 @@ def test_pasting_roi_crops_of_a_smooth_map_gives_the_map_back():
     smooth = 0.5 + 0.4 * np.sin(y / 9.0) * np.cos(x / 13.0)  # in (0, 1)
     boxes = np.array([[10.5, 12.25, 50.75, 70.5], [3.0, 40.0, 35.0, 90.0]], np.float32)
     crops = roi_align(smooth[None, :, :, None], boxes, np.zeros(2, np.int32), (32, 32), stride=1)
-    for from_logits, values in ((False, crops),
-                                (True, ops.log(crops) - ops.log(1.0 - crops))):
-        probs, coverage = paste_parts(values, boxes, np.array([0, 1]), np.ones(2, bool),
-                                      np.ones(2, np.float32), 2, (height, width),
-                                      from_logits=from_logits)
+    for from_logits, values in ((False, crops), (True, ops.log(crops) - ops.log(1.0 - crops))):
+        probs, coverage = paste_parts(
+            values,
+            boxes,
+            np.array([0, 1]),
+            np.ones(2, bool),
+            np.ones(2, np.float32),
+            2,
+            (height, width),
+            from_logits=from_logits,
+        )
         for k in range(2):
             inside = _inside(boxes[k], height, width)
             half_bin = (boxes[k, 2:] - boxes[k, :2]) / 64  # half the crop's sample spacing
-            inner = _inside(np.concatenate([boxes[k, :2] + half_bin, boxes[k, 2:] - half_bin]),
-                            height, width)
+            inner = _inside(
+                np.concatenate([boxes[k, :2] + half_bin, boxes[k, 2:] - half_bin]), height, width
+            )
             error = np.abs(_np(probs)[k] - smooth)
             # Bilinear interpolation between the samples: (spacing^2 / 8) |f''| ~ 2e-3 here;
             # within half a bin of the window's edge the edge sample is repeated:
@@ -163,11 +191,13 @@ def _paste_case(seed: int = 0):
     corners = rng.uniform(-10, 70, (n, 2))
     sides = rng.uniform(8, 50, (n, 2))
     boxes = np.concatenate([corners, corners + sides], axis=1)[:, [0, 1, 2, 3]]
-    return dict(logits=rng.randn(n, 16, 16, 1).astype(np.float32),
-                boxes=boxes.astype(np.float32),
-                object_index=rng.randint(0, 3, n).astype(np.int32),
-                valid=np.array([1, 1, 1, 1, 1, 0, 1], bool),
-                scores=rng.uniform(0.2, 1, n).astype(np.float32))
+    return dict(
+        logits=rng.randn(n, 16, 16, 1).astype(np.float32),
+        boxes=boxes.astype(np.float32),
+        object_index=rng.randint(0, 3, n).astype(np.int32),
+        valid=np.array([1, 1, 1, 1, 1, 0, 1], bool),
+        scores=rng.uniform(0.2, 1, n).astype(np.float32),
+    )
 
 
 def test_tf_graph_with_unknown_number_of_parts():
@@ -175,15 +205,29 @@ def test_tf_graph_with_unknown_number_of_parts():
     case = _paste_case()
 
     def paste(logits, boxes, object_index, valid, scores, height, width):
-        probs, coverage = paste_parts(logits, boxes, object_index, valid, scores, 3,
-                                      (height, width), stride=4)
+        probs, coverage = paste_parts(
+            logits, boxes, object_index, valid, scores, 3, (height, width), stride=4
+        )
         return probs, coverage, soft_aggregate(probs)
 
     # The number of parts and the output size (scalars) known at run time only; each output
     # agrees with the eager run.
-    (graph,) = check_traced(paste, [(case["logits"], case["boxes"], case["object_index"],
-                                     case["valid"], case["scores"], np.int32(20), np.int32(24))],
-                            unknown_axes=(0,), atol=1e-6)
+    (graph,) = check_traced(
+        paste,
+        [
+            (
+                case["logits"],
+                case["boxes"],
+                case["object_index"],
+                case["valid"],
+                case["scores"],
+                np.int32(20),
+                np.int32(24),
+            )
+        ],
+        unknown_axes=(0,),
+        atol=1e-6,
+    )
     assert graph[0].shape == (3, 20, 24)
 
 
@@ -193,7 +237,8 @@ def test_tf_graph_with_unknown_number_of_parts():
 def test_jax_parity(tmp_path):
     case = _paste_case(1)
     np.savez(tmp_path / "inputs.npz", **case)
-    run_on_jax("""
+    run_on_jax(
+        """
         import jax
         import keras
         import numpy as np
@@ -209,10 +254,20 @@ def test_jax_parity(tmp_path):
         probs, coverage, merged = run(dict(np.load("inputs.npz")))
         np.savez("outputs.npz", probs=np.asarray(probs), coverage=np.asarray(coverage),
                  merged=np.asarray(merged))
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     jax_out = np.load(tmp_path / "outputs.npz")
-    probs, coverage = paste_parts(case["logits"], case["boxes"], case["object_index"],
-                                  case["valid"], case["scores"], 3, (36, 44), stride=2)
+    probs, coverage = paste_parts(
+        case["logits"],
+        case["boxes"],
+        case["object_index"],
+        case["valid"],
+        case["scores"],
+        3,
+        (36, 44),
+        stride=2,
+    )
     assert _np(coverage).max() > 0  # the case pastes something
     np.testing.assert_allclose(jax_out["probs"], _np(probs), atol=1e-5)
     np.testing.assert_allclose(jax_out["coverage"], _np(coverage), atol=1e-6)

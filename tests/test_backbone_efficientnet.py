@@ -54,8 +54,9 @@ def _eval_crop(image: np.ndarray, size: int = RESOLUTION) -> np.ndarray:
     return skimage_transform.resize(image, (size, size), order=1, anti_aliasing=True)
 
 
-@pytest.mark.parametrize("image_name, classes", [("chelsea", CAT_CLASSES),
-                                                 ("coffee", COFFEE_CLASSES)])
+@pytest.mark.parametrize(
+    "image_name, classes", [("chelsea", CAT_CLASSES), ("coffee", COFFEE_CLASSES)]
+)
 def test_imagenet_classifier_is_reproduced(classifier, image_name, classes):
     image = _eval_crop(getattr(skimage_data, image_name)())
     logits = np.asarray(classifier(normalize_images(image[None]), training=False)["logits"])[0]
@@ -64,8 +65,9 @@ def test_imagenet_classifier_is_reproduced(classifier, image_name, classes):
     assert int(np.argmax(logits)) in classes
 
 
-@pytest.mark.parametrize("width, expected_widths", [(864, (216, 108, 54, 27)),
-                                                    (854, (214, 107, 54, 27))])
+@pytest.mark.parametrize(
+    "width, expected_widths", [(864, (216, 108, 54, 27)), (854, (214, 107, 54, 27))]
+)
 def test_pyramid_strides_and_channels(width, expected_widths):
     # "same" padding: every stride-2 layer gives ceil(size / 2), so 854 works, unaligned.
     model = get_backbone_builder("efficientnet_lite2")(weights=None)
@@ -86,13 +88,15 @@ def test_model_config_round_trip():
     clone.set_weights(model.get_weights())
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype(np.float32)
     for level, value in model(x, training=False).items():
-        np.testing.assert_allclose(np.asarray(clone(x, training=False)[level]), np.asarray(value),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(clone(x, training=False)[level]), np.asarray(value), atol=1e-5
+        )
 
 
 def test_missing_weight_package_names_the_extra():
-    config = dataclasses.replace(CONFIGS["efficientnet_lite2"],
-                                 weight_package="no_such_weight_package_xyz")
+    config = dataclasses.replace(
+        CONFIGS["efficientnet_lite2"], weight_package="no_such_weight_package_xyz"
+    )
     with pytest.raises(VostrackError, match=r"vostrack\[train\]"):
         imagenet_weights_path(config)
 
@@ -138,9 +142,11 @@ def _torch_object_pickle(obj) -> bytes:
     buffer = io.BytesIO()
     _Pickler(buffer, protocol=2).dump(obj)
     data = buffer.getvalue()
-    for stand_in, torch_name in ((b"_rebuild_tensor_v2", b"torch._utils\n_rebuild_tensor_v2"),
-                                 (b"FloatStorage", b"torch\nFloatStorage"),
-                                 (b"LongStorage", b"torch\nLongStorage")):
+    for stand_in, torch_name in (
+        (b"_rebuild_tensor_v2", b"torch._utils\n_rebuild_tensor_v2"),
+        (b"FloatStorage", b"torch\nFloatStorage"),
+        (b"LongStorage", b"torch\nLongStorage"),
+    ):
         data = data.replace(__name__.encode() + b"\n" + stand_in, torch_name)
     assert __name__.encode() not in data
     return data
@@ -149,11 +155,13 @@ def _torch_object_pickle(obj) -> bytes:
 def _state_and_storages():
     floats = _Storage("0", np.arange(7, dtype="<f4"), FloatStorage)
     longs = _Storage("1", np.array([5, -3], dtype="<i8"), LongStorage)
-    state = collections.OrderedDict([
-        ("w", _Tensor(floats, 1, (2, 3), (3, 1))),
-        ("w_t", _Tensor(floats, 1, (3, 2), (1, 3))),  # a transposed view of the same storage
-        ("n", _Tensor(longs, 1, (), ())),
-    ])
+    state = collections.OrderedDict(
+        [
+            ("w", _Tensor(floats, 1, (2, 3), (3, 1))),
+            ("w_t", _Tensor(floats, 1, (3, 2), (1, 3))),  # a transposed view of the same storage
+            ("n", _Tensor(longs, 1, (), ())),
+        ]
+    )
     return state, [floats, longs]
 
 
@@ -166,14 +174,16 @@ def _check(state):
 
 def test_torch_pickle_legacy_format(tmp_path):
     state, storages = _state_and_storages()
-    blob = b"".join([
-        pickle.dumps(LEGACY_MAGIC, protocol=2),
-        pickle.dumps(LEGACY_PROTOCOL, protocol=2),
-        pickle.dumps({"protocol_version": LEGACY_PROTOCOL, "little_endian": True}, protocol=2),
-        _torch_object_pickle(state),
-        pickle.dumps([s.key for s in storages], protocol=2),
-        *(np.int64(s.array.size).tobytes() + s.array.tobytes() for s in storages),
-    ])
+    blob = b"".join(
+        [
+            pickle.dumps(LEGACY_MAGIC, protocol=2),
+            pickle.dumps(LEGACY_PROTOCOL, protocol=2),
+            pickle.dumps({"protocol_version": LEGACY_PROTOCOL, "little_endian": True}, protocol=2),
+            _torch_object_pickle(state),
+            pickle.dumps([s.key for s in storages], protocol=2),
+            *(np.int64(s.array.size).tobytes() + s.array.tobytes() for s in storages),
+        ]
+    )
     path = tmp_path / "legacy.pth"
     path.write_bytes(blob)
     _check(load_torch_state_dict(path))
@@ -194,11 +204,16 @@ def test_torch_pickle_zip_format(tmp_path):
 
 def test_torch_pickle_refuses_other_globals(tmp_path):
     path = tmp_path / "evil.pth"
-    path.write_bytes(b"".join([pickle.dumps(LEGACY_MAGIC, protocol=2),
-                               pickle.dumps(LEGACY_PROTOCOL, protocol=2),
-                               pickle.dumps({"little_endian": True}, protocol=2),
-                               b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.",
-                               ]))
+    path.write_bytes(
+        b"".join(
+            [
+                pickle.dumps(LEGACY_MAGIC, protocol=2),
+                pickle.dumps(LEGACY_PROTOCOL, protocol=2),
+                pickle.dumps({"little_endian": True}, protocol=2),
+                b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.",
+            ]
+        )
+    )
     with pytest.raises(TorchPickleError, match="os.system"):
         load_torch_state_dict(path)
 

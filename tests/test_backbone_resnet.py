@@ -18,6 +18,7 @@ from click.testing import CliRunner
 tf = pytest.importorskip("tensorflow")
 tf1 = tf.compat.v1
 
+from tests.conftest import fails  # noqa: E402
 from vostrack.cli import cli  # noqa: E402
 from vostrack.errors import VostrackError  # noqa: E402
 from vostrack.network.backbones import get_backbone_builder  # noqa: E402
@@ -30,11 +31,11 @@ from vostrack.network.tf1_checkpoint import (  # noqa: E402
     load_resnet_v2_checkpoint,
     official_variable_names,
 )
-from tests.conftest import fails  # noqa: E402
 
 # Keras' own save_weights on the TF backend calls np.array(tensor, copy=False): not ours.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 # Odd, non-square: exercises the explicit padding of strided convs (which differs from "SAME"
 # on even sizes) and the "SAME" max-pool on odd sizes.
@@ -61,25 +62,36 @@ class _OfficialResNet50V2:
             pad_end = pad_total - pad_beg
             inputs = tf.pad(inputs, [[0, 0], [pad_beg, pad_end], [pad_beg, pad_end], [0, 0]])
         with tf1.variable_scope(None, default_name="conv2d"):
-            kernel = tf1.get_variable("kernel", [kernel_size, kernel_size, inputs.shape[-1],
-                                                 filters], initializer=tf1.zeros_initializer())
+            kernel = tf1.get_variable(
+                "kernel",
+                [kernel_size, kernel_size, inputs.shape[-1], filters],
+                initializer=tf1.zeros_initializer(),
+            )
         return tf.nn.conv2d(inputs, kernel, strides, "SAME" if strides == 1 else "VALID")
 
     def batch_norm(self, inputs):
         channels = inputs.shape[-1]
         with tf1.variable_scope(None, default_name="batch_normalization"):
-            params = [tf1.get_variable(n, [channels], initializer=tf1.zeros_initializer(),
-                                       trainable=n in ("gamma", "beta"))
-                      for n in ("gamma", "beta", "moving_mean", "moving_variance")]
+            params = [
+                tf1.get_variable(
+                    n,
+                    [channels],
+                    initializer=tf1.zeros_initializer(),
+                    trainable=n in ("gamma", "beta"),
+                )
+                for n in ("gamma", "beta", "moving_mean", "moving_variance")
+            ]
         gamma, beta, mean, variance = params
-        outputs, _, _ = tf1.nn.fused_batch_norm(inputs, gamma, beta, mean, variance,
-                                                epsilon=1e-5, is_training=False)
+        outputs, _, _ = tf1.nn.fused_batch_norm(
+            inputs, gamma, beta, mean, variance, epsilon=1e-5, is_training=False
+        )
         return outputs
 
     def dense(self, inputs, units):
         with tf1.variable_scope(None, default_name="dense"):
-            kernel = tf1.get_variable("kernel", [inputs.shape[-1], units],
-                                      initializer=tf1.zeros_initializer())
+            kernel = tf1.get_variable(
+                "kernel", [inputs.shape[-1], units], initializer=tf1.zeros_initializer()
+            )
             bias = tf1.get_variable("bias", [units], initializer=tf1.zeros_initializer())
         return tf.matmul(inputs, kernel) + bias
 
@@ -154,8 +166,7 @@ def reference(tmp_path_factory):
             sess.run(tf1.global_variables_initializer())
             for variable in model_variables:
                 variable.load(net.random_value(variable).astype(np.float32), sess)
-            path = tf1.train.Saver().save(sess, str(prefix), global_step=7,
-                                          write_meta_graph=False)
+            path = tf1.train.Saver().save(sess, str(prefix), global_step=7, write_meta_graph=False)
             out_logits, out_features = sess.run([logits, features], {inputs: images})
     names = [(v.op.name, tuple(v.shape.as_list())) for v in model_variables]
     return path, images, out_logits, out_features, names
@@ -179,8 +190,10 @@ def test_variable_names_follow_the_official_creation_order(reference):
     assert sum(n.endswith("/kernel") and "/conv2d" in n for n, _ in names) == 53
     assert sum(n.endswith("/gamma") for n, _ in names) == 49
     assert len(names) == 53 + 4 * 49 + 2 == 251
-    assert names[-2:] == [("resnet_model/dense/kernel", (2048, 1001)),
-                          ("resnet_model/dense/bias", (1001,))]
+    assert names[-2:] == [
+        ("resnet_model/dense/kernel", (2048, 1001)),
+        ("resnet_model/dense/bias", (1001,)),
+    ]
     assert len(official_variable_names(include_top=False)) == 249
     # ~25.6M numbers, all of them in the Keras model (moving statistics included).
     model = resnet50_v2(include_top=True)
@@ -209,8 +222,12 @@ def test_headless_model_imports_the_same_features(reference):
 def test_pyramid_strides_and_channels():
     model = resnet50_v2(input_shape=(224, 224, 3))
     shapes = {k: tuple(v.shape) for k, v in model.output.items()}
-    assert shapes == {"C2": (None, 56, 56, 256), "C3": (None, 28, 28, 512),
-                      "C4": (None, 14, 14, 1024), "C5": (None, 7, 7, 2048)}
+    assert shapes == {
+        "C2": (None, 56, 56, 256),
+        "C3": (None, 28, 28, 512),
+        "C4": (None, 14, 14, 1024),
+        "C5": (None, 7, 7, 2048),
+    }
     # Pre-activation features: C2..C4 are the first BN+ReLU of the next layer (C3: layer 3's
     # activation of layer 2's stride-8 output).
     assert model.output["C3"] is model.get_layer("layer3_block1_preact_relu").output
@@ -232,17 +249,19 @@ def test_import_backbone_command(reference, tmp_path):
     _close(resnet50_v2(weights=out)(images)["C5"], features)
     # Refuses to overwrite, and a checkpoint file name works as well as its prefix.
     fails(["import-backbone", path, "-o", out], "exists")
-    result = CliRunner().invoke(cli, ["import-backbone", f"{path}.index", "-o", str(out),
-                                      "--overwrite"])
+    result = CliRunner().invoke(
+        cli, ["import-backbone", f"{path}.index", "-o", str(out), "--overwrite"]
+    )
     assert result.exit_code == 0, result.output
 
 
 def test_import_backbone_errors(tmp_path):
-    fails(["import-backbone", tmp_path / "model.ckpt-225207", "-o", tmp_path / "r.weights.h5"],
-          "no TF checkpoint")
+    fails(
+        ["import-backbone", tmp_path / "model.ckpt-225207", "-o", tmp_path / "r.weights.h5"],
+        "no TF checkpoint",
+    )
     (tmp_path / "junk.index").write_bytes(b"not a checkpoint")
-    fails(["import-backbone", tmp_path / "junk", "-o", tmp_path / "r.weights.h5"],
-          "cannot read")
+    fails(["import-backbone", tmp_path / "junk", "-o", tmp_path / "r.weights.h5"], "cannot read")
     fails(["import-backbone", tmp_path / "junk", "-o", tmp_path / "r.h5"], ".weights.h5")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.index"]
 
@@ -254,8 +273,9 @@ def test_wrong_checkpoint_is_one_line_error(tmp_path):
         tf1.get_variable("resnet_model/conv2d/kernel", [3, 3, 3, 64])
         with tf1.Session(graph=graph) as sess:
             sess.run(tf1.global_variables_initializer())
-            path = tf1.train.Saver().save(sess, str(tmp_path / "small.ckpt"),
-                                          write_meta_graph=False)
+            path = tf1.train.Saver().save(
+                sess, str(tmp_path / "small.ckpt"), write_meta_graph=False
+            )
     with pytest.raises(VostrackError, match=r"conv2d/kernel has shape \(3, 3, 3, 64\)"):
         load_resnet_v2_checkpoint(resnet50_v2(), path)
     line = fails(["import-backbone", path, "-o", tmp_path / "r.weights.h5"], "shape")

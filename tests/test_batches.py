@@ -30,16 +30,17 @@ class Squares:
         labels = np.zeros((3, *SIZE), np.uint8)
         for k in range(1, self.objects + 1):
             y, x = rng.integers(0, 30), rng.integers(0, 40)
-            frames[:, y:y + 12, x:x + 12] = rng.integers(0, 255, 3)
-            labels[:, y:y + 12, x:x + 12] = k
+            frames[:, y : y + 12, x : x + 12] = rng.integers(0, 255, 3)
+            labels[:, y : y + 12, x : x + 12] = k
         frames[:, 0, 0] = self.value
         labels[:, -1, :] = VOID
         return Clip(frames, labels, self.objects, source=self.name)
 
 
 def _procedural(size=SIZE):
-    return ProceduralSource(ProceduralClipConfig(augment=AugmentConfig(size=size),
-                                                 object_size=(0.15, 0.3)))
+    return ProceduralSource(
+        ProceduralClipConfig(augment=AugmentConfig(size=size), object_size=(0.15, 0.3))
+    )
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -54,13 +55,18 @@ def test_same_seed_same_batches_and_fixed_shapes():
     assert _equal(first, ClipBatches(source, config).batch(0, 0))
     assert _equal(first, batches.batch(0, 0))
     assert not _equal(first, batches.batch(0, 1))
-    assert not _equal(first, ClipBatches(source, LoaderConfig(batch_size=3, seed=8,
-                                                              max_parts=3)).batch(0, 0))
+    assert not _equal(
+        first, ClipBatches(source, LoaderConfig(batch_size=3, seed=8, max_parts=3)).batch(0, 0)
+    )
     expected = {
-        "frames": ((3, 3, *SIZE, 3), np.uint8), "labels": ((3, 3, *SIZE), np.uint8),
-        "num_objects": ((3,), np.int32), "object_valid": ((3, 4), bool),
-        "object_present": ((3, 3, 4), bool), "object_boxes": ((3, 3, 4, 4), np.float32),
-        "part_boxes": ((3, 3, 4, 3, 4), np.float32), "part_valid": ((3, 3, 4, 3), bool),
+        "frames": ((3, 3, *SIZE, 3), np.uint8),
+        "labels": ((3, 3, *SIZE), np.uint8),
+        "num_objects": ((3,), np.int32),
+        "object_valid": ((3, 4), bool),
+        "object_present": ((3, 3, 4), bool),
+        "object_boxes": ((3, 3, 4, 4), np.float32),
+        "part_boxes": ((3, 3, 4, 3, 4), np.float32),
+        "part_valid": ((3, 3, 4, 3), bool),
         "source": ((3,), np.int32),
     }
     for index in range(3):
@@ -89,8 +95,10 @@ def test_batches_depend_on_epoch_and_resume_by_step():
 
 def test_mixing_weights_are_respected():
     a, b, c = Squares("a", 1), Squares("b", 2), Squares("c", 3)
-    batches = ClipBatches(MixedSource([(a, 3.0), (b, 1.0), (c, 0.0)]),
-                          LoaderConfig(batch_size=50, max_parts=1, seed=0))
+    batches = ClipBatches(
+        MixedSource([(a, 3.0), (b, 1.0), (c, 0.0)]),
+        LoaderConfig(batch_size=50, max_parts=1, seed=0),
+    )
     sources = np.concatenate([batches.batch(0, i)["source"] for i in range(8)])
     corner = np.concatenate([batches.batch(0, i)["frames"][:, 0, 0, 0, 0] for i in range(2)])
     assert set(corner) <= {1, 2}
@@ -104,11 +112,15 @@ def test_mixing_weights_are_respected():
 
 
 def test_one_hot_and_float_frames():
-    batch = ClipBatches(Squares("s", 9, objects=2),
-                        LoaderConfig(batch_size=2, max_objects=3, max_parts=2,
-                                     frames_dtype="float32", one_hot=True)).batch(0, 0)
-    plain = ClipBatches(Squares("s", 9, objects=2),
-                        LoaderConfig(batch_size=2, max_objects=3, max_parts=2)).batch(0, 0)
+    batch = ClipBatches(
+        Squares("s", 9, objects=2),
+        LoaderConfig(
+            batch_size=2, max_objects=3, max_parts=2, frames_dtype="float32", one_hot=True
+        ),
+    ).batch(0, 0)
+    plain = ClipBatches(
+        Squares("s", 9, objects=2), LoaderConfig(batch_size=2, max_objects=3, max_parts=2)
+    ).batch(0, 0)
     assert batch["frames"].dtype == np.float32
     np.testing.assert_array_equal(batch["frames"], plain["frames"].astype(np.float32))
     onehot = batch["onehot"]
@@ -119,8 +131,9 @@ def test_one_hot_and_float_frames():
 
 
 def test_too_many_objects_are_subsampled():
-    batch = ClipBatches(Squares("s", 1, objects=3), LoaderConfig(batch_size=4, max_objects=2,
-                                                                 max_parts=2)).batch(0, 0)
+    batch = ClipBatches(
+        Squares("s", 1, objects=3), LoaderConfig(batch_size=4, max_objects=2, max_parts=2)
+    ).batch(0, 0)
     assert np.all(batch["num_objects"] == 2) and batch["labels"][batch["labels"] != VOID].max() <= 2
 
 
@@ -133,7 +146,7 @@ def test_procedural_source_makes_consistent_multi_object_clips():
         assert clip.source == "procedural"
         counts.add(clip.num_objects)
         arrays = clip.to_arrays(4, 6)
-        assert arrays["object_present"][0, :clip.num_objects].all()
+        assert arrays["object_present"][0, : clip.num_objects].all()
     assert len(counts) > 1
 
 

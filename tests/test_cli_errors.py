@@ -25,8 +25,10 @@ def clip(tmp_path):
 
 
 def test_input_missing(tmp_path, clip):
-    fails(["segment", tmp_path / "nope.mp4", "--mask", clip[1], "-o", tmp_path / "o"],
-          "input not found")
+    fails(
+        ["segment", tmp_path / "nope.mp4", "--mask", clip[1], "-o", tmp_path / "o"],
+        "input not found",
+    )
 
 
 def test_unreadable_video(tmp_path, clip):
@@ -40,9 +42,15 @@ def test_truncated_video(tmp_path, clip):
     whole = tmp_path / "whole.mp4"
     import imageio_ffmpeg
 
-    writer = imageio_ffmpeg.write_frames(str(whole), (96, 64), fps=10, codec="libx264",
-                                         macro_block_size=1, ffmpeg_log_level="error",
-                                         output_params=["-movflags", "+faststart"])
+    writer = imageio_ffmpeg.write_frames(
+        str(whole),
+        (96, 64),
+        fps=10,
+        codec="libx264",
+        macro_block_size=1,
+        ffmpeg_log_level="error",
+        output_params=["-movflags", "+faststart"],
+    )
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
@@ -63,8 +71,10 @@ def test_empty_frame_folder(tmp_path, clip):
 
 
 def test_mask_missing(tmp_path, clip):
-    fails(["segment", clip[0], "--mask", tmp_path / "nomask.png", "-o", tmp_path / "o"],
-          "mask not found")
+    fails(
+        ["segment", clip[0], "--mask", tmp_path / "nomask.png", "-o", tmp_path / "o"],
+        "mask not found",
+    )
 
 
 def test_mask_not_an_image(tmp_path, clip):
@@ -86,15 +96,33 @@ def test_mask_size_off_by_more_than_two_pixels(tmp_path, clip):
 
 
 def test_mask_frame_out_of_range(tmp_path, clip):
-    fails(["segment", clip[0], "--mask", clip[1], "--mask-frame", 6, "-o", tmp_path / "o"],
-          "frame 6", "6 frames")
+    fails(
+        ["segment", clip[0], "--mask", clip[1], "--mask-frame", 6, "-o", tmp_path / "o"],
+        "frame 6",
+        "6 frames",
+    )
 
 
 def test_two_masks_for_one_frame_that_disagree(tmp_path, clip):
     other = tmp_path / "other.png"
     write_label_png(other, np.where(clip[2][0] == 1, 2, 0).astype(np.uint8))  # object 1 as 2
-    fails(["segment", clip[0], "--mask", clip[1], "--mask", other, "--mask-frame", 0,
-           "--mask-frame", 0, "-o", tmp_path / "o"], "disagree")
+    fails(
+        [
+            "segment",
+            clip[0],
+            "--mask",
+            clip[1],
+            "--mask",
+            other,
+            "--mask-frame",
+            0,
+            "--mask-frame",
+            0,
+            "-o",
+            tmp_path / "o",
+        ],
+        "disagree",
+    )
 
 
 def test_output_not_writable(tmp_path, clip, double):
@@ -115,23 +143,31 @@ def test_output_exists_without_overwrite(tmp_path, clip, double):
     write_label_png(out / "00002.png", np.ones((64, 96), np.uint8))
     before = (out / "00002.png").read_bytes()
     fails(["segment", clip[0], "--mask", clip[1], "-o", out], "--overwrite")
-    assert (out / "00002.png").read_bytes() == before and sorted(out.iterdir()) == [out / "00002.png"]
+    assert (out / "00002.png").read_bytes() == before and sorted(out.iterdir()) == [
+        out / "00002.png"
+    ]
     overlay = tmp_path / "overlay.mp4"
     overlay.write_bytes(b"precious")
-    fails(["segment", clip[0], "--mask", clip[1], "-o", tmp_path / "new", "--overlay", overlay],
-          "already exists")
+    fails(
+        ["segment", clip[0], "--mask", clip[1], "-o", tmp_path / "new", "--overlay", overlay],
+        "already exists",
+    )
     assert overlay.read_bytes() == b"precious"
 
 
 def test_resume_with_nothing_to_resume(tmp_path, clip, double):
-    fails(["segment", clip[0], "--mask", clip[1], "-o", tmp_path / "o", "--resume"],
-          "nothing to resume")
+    fails(
+        ["segment", clip[0], "--mask", clip[1], "-o", tmp_path / "o", "--resume"],
+        "nothing to resume",
+    )
     assert not (tmp_path / "o").exists()
 
 
 def test_unknown_model(tmp_path, clip):
-    fails(["segment", clip[0], "--mask", clip[1], "-o", tmp_path / "o", "--model", "no-such"],
-          "unknown model 'no-such'")
+    fails(
+        ["segment", clip[0], "--mask", clip[1], "-o", tmp_path / "o", "--model", "no-such"],
+        "unknown model 'no-such'",
+    )
 
 
 def test_validate_on_a_tree_with_no_sequences(tmp_path):
@@ -145,8 +181,10 @@ def test_validate_results_with_missing_frames(tmp_path):
     write_frame_folder(tree / "JPEGImages" / "480p" / "sq", frames, ext=".jpg")
     (tree / "Annotations" / "480p" / "sq").mkdir(parents=True)
     for t in range(6):
-        write_label_png(tree / "Annotations" / "480p" / "sq" / f"{t:05d}.png",
-                        (labels[t] > 0).astype(np.uint8) * 255)
+        write_label_png(
+            tree / "Annotations" / "480p" / "sq" / f"{t:05d}.png",
+            (labels[t] > 0).astype(np.uint8) * 255,
+        )
     results = tmp_path / "results" / "sq"
     results.mkdir(parents=True)
     for t in (0, 1, 2):
@@ -156,9 +194,21 @@ def test_validate_results_with_missing_frames(tmp_path):
 
 def test_installed_command_gives_one_line_and_exit_code(tmp_path):
     """The console script itself (not CliRunner): same one-line contract."""
-    proc = subprocess.run([sys.executable, "-m", "vostrack", "segment", str(tmp_path / "x.mp4"),
-                           "--mask", "m.png", "-o", str(tmp_path / "o")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vostrack",
+            "segment",
+            str(tmp_path / "x.mp4"),
+            "--mask",
+            "m.png",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: input not found: {tmp_path / 'x.mp4'}"
     assert "Traceback" not in proc.stderr
@@ -172,23 +222,43 @@ def test_help_lists_every_command():
 
 
 def test_train_with_a_bad_config(tmp_path):
-    fails(["train", "--config", tmp_path / "missing.json", "--out", tmp_path / "run"],
-          "cannot read config")
+    fails(
+        ["train", "--config", tmp_path / "missing.json", "--out", tmp_path / "run"],
+        "cannot read config",
+    )
     cases = [
         ("bad.json", "{not json", "not valid JSON"),
         ("odd.json", '{"stepz": 3}', "unknown training option(s): stepz"),
-        ("warm.json", '{"steps": 10, "warmup_steps": 50}',
-         "warmup_steps (50) must lie in 0..steps (10)"),
-        ("untracked.json", '{"model": {"name": "m", "parts": {"track": false}}}',
-         "export with --no-part-tracker"),
-        ("share.json", '{"model": {"name": "m", "matching": {"reference_share": 2}}}',
-         "matching.reference_share must lie in 0..1"),
-        ("topk.json", '{"model": {"name": "m", "matching": {"top_k": 0}}}',
-         "matching.top_k must be a whole number >= 1, got 0"),
-        ("parts.json", '{"model": {"name": "m", "parts": {"max_parts": 2.5}}}',
-         "parts.max_parts must be a whole number >= 1, got 2.5"),
-        ("pad.json", '{"model": {"name": "m", "pad_multiple": 16, "parts": {"max_parts": 2}}}',
-         "pad_multiple must be a positive multiple of 32"),
+        (
+            "warm.json",
+            '{"steps": 10, "warmup_steps": 50}',
+            "warmup_steps (50) must lie in 0..steps (10)",
+        ),
+        (
+            "untracked.json",
+            '{"model": {"name": "m", "parts": {"track": false}}}',
+            "export with --no-part-tracker",
+        ),
+        (
+            "share.json",
+            '{"model": {"name": "m", "matching": {"reference_share": 2}}}',
+            "matching.reference_share must lie in 0..1",
+        ),
+        (
+            "topk.json",
+            '{"model": {"name": "m", "matching": {"top_k": 0}}}',
+            "matching.top_k must be a whole number >= 1, got 0",
+        ),
+        (
+            "parts.json",
+            '{"model": {"name": "m", "parts": {"max_parts": 2.5}}}',
+            "parts.max_parts must be a whole number >= 1, got 2.5",
+        ),
+        (
+            "pad.json",
+            '{"model": {"name": "m", "pad_multiple": 16, "parts": {"max_parts": 2}}}',
+            "pad_multiple must be a positive multiple of 32",
+        ),
         # YAML configs are read as such: their keys reach the same validation
         ("odd.yaml", "steps: 10\nwarmup_stepz: 5\n", "unknown training option(s): warmup_stepz"),
         ("bad.yaml", "steps: [10\n", "not valid YAML"),
@@ -203,12 +273,14 @@ def test_train_with_a_bad_config(tmp_path):
 def test_native_logs_are_silenced_while_python_stderr_still_shows():
     """What `vostrack train` runs under: TensorFlow's C++ logs (written straight to file
     descriptor 2) vanish, the progress bar and errors (Python's stderr) do not."""
-    script = ("import os, sys\n"
-              "from vostrack.inference.quiet import native_logs_silenced\n"
-              "with native_logs_silenced():\n"
-              "    os.write(2, b'I0000 cuda_platform.cc:52] failed call to cuInit\\n')\n"
-              "    print('progress 50%', file=sys.stderr)\n"
-              "os.write(2, b'after\\n')\n")
+    script = (
+        "import os, sys\n"
+        "from vostrack.inference.quiet import native_logs_silenced\n"
+        "with native_logs_silenced():\n"
+        "    os.write(2, b'I0000 cuda_platform.cc:52] failed call to cuInit\\n')\n"
+        "    print('progress 50%', file=sys.stderr)\n"
+        "os.write(2, b'after\\n')\n"
+    )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "progress 50%\nafter\n"
@@ -238,8 +310,10 @@ def test_validate_csv_is_replaced_only_with_overwrite(tmp_path):
     for seq, objects in (("one", (1,)), ("two", (1, 2))):
         (tmp_path / "res" / seq).mkdir(parents=True)
         for t in range(3):  # perfect results
-            write_label_png(tmp_path / "res" / seq / f"{t:05d}.png",
-                            np.where(np.isin(labels[t], objects), labels[t], 0).astype(np.uint8))
+            write_label_png(
+                tmp_path / "res" / seq / f"{t:05d}.png",
+                np.where(np.isin(labels[t], objects), labels[t], 0).astype(np.uint8),
+            )
     csv = tmp_path / "scores.csv"
     csv.write_text("precious")
     args = ["validate", "--data", tmp_path / "tree", "--results", tmp_path / "res", "--csv", csv]

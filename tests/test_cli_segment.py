@@ -109,8 +109,17 @@ def test_objects_that_appear_later_get_their_own_masks(tmp_path, double):
     write_label_png(tmp_path / "00000.png", first)
     write_label_png(tmp_path / "00006.png", later)
     out = tmp_path / "out"
-    result = run("segment", video, "--mask", tmp_path / "00000.png", "--mask",
-                 tmp_path / "00006.png", "-o", out, "-q")
+    result = run(
+        "segment",
+        video,
+        "--mask",
+        tmp_path / "00000.png",
+        "--mask",
+        tmp_path / "00006.png",
+        "-o",
+        out,
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     masks = read_outputs(out, [f"{i:05d}" for i in range(12)])
     assert not (masks[:6] == 3).any()
@@ -119,7 +128,9 @@ def test_objects_that_appear_later_get_their_own_masks(tmp_path, double):
             assert iou(masks[t] == k, labels[t] == k) > 0.9, (t, k)
     summary = json.loads((out / "summary.json").read_text())
     assert [a["frame"] for a in summary["annotations"]] == [0, 6]
-    assert summary["areas"]["3"][:6] == [0] * 6 and summary["areas"]["3"][6] == (labels[6] == 3).sum()
+    assert (
+        summary["areas"]["3"][:6] == [0] * 6 and summary["areas"]["3"][6] == (labels[6] == 3).sum()
+    )
 
 
 def test_mask_folder_places_each_mask_on_its_frame(tmp_path, double):
@@ -146,8 +157,9 @@ def test_rgb_colour_mask_reports_ids(tmp_path, squares, double):
     assert result.exit_code == 0, result.output
     assert "object 1 = colour #ffff00" in result.output
     assert "object 2 = colour #00ffff" in result.output
-    assert np.array_equal(read_label_png(tmp_path / "out" / "00000.png"),
-                          np.where(labels[0] == 3, 0, labels[0]))
+    assert np.array_equal(
+        read_label_png(tmp_path / "out" / "00000.png"), np.where(labels[0] == 3, 0, labels[0])
+    )
 
 
 def test_mask_one_pixel_narrower_is_resized_with_a_warning(tmp_path, squares, double):
@@ -178,12 +190,21 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     video = write_video(tmp_path / "v.mp4", frames)
     write_label_png(tmp_path / "00000.png", labels[0])
     write_label_png(tmp_path / "00006.png", np.where(labels[6] == 3, 3, 0).astype(np.uint8))
-    args = ["segment", video, "--mask", tmp_path / "00000.png", "--mask", tmp_path / "00006.png",
-            "-q", "--overlay"]
+    args = [
+        "segment",
+        video,
+        "--mask",
+        tmp_path / "00000.png",
+        "--mask",
+        tmp_path / "00006.png",
+        "-q",
+        "--overlay",
+    ]
 
     def use(propagator):
-        monkeypatch.setattr("vostrack.registry.load_propagator",
-                            lambda name, *_, **__: (propagator, {"name": name}))
+        monkeypatch.setattr(
+            "vostrack.registry.load_propagator", lambda name, *_, **__: (propagator, {"name": name})
+        )
 
     use(ColourPropagator())
     assert run(*args, tmp_path / "full.mp4", "-o", tmp_path / "full").exit_code == 0
@@ -270,18 +291,18 @@ def test_overwrite_with_a_shorter_input_removes_the_earlier_runs_later_frames(tm
     short = write_video(tmp_path / "short.mp4", frames[:6])
     assert run("segment", long, "--mask", tmp_path / "mask.png", "-o", out, "-q").exit_code == 0
     (out / "notes.png").write_bytes(b"the user's own file")  # not a frame of either run
-    result = run("segment", short, "--mask", tmp_path / "mask.png", "-o", out, "-q",
-                 "--overwrite")
+    result = run("segment", short, "--mask", tmp_path / "mask.png", "-o", out, "-q", "--overwrite")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{i:05d}.png" for i in range(6)] + ["notes.png", "summary.json"])
+        [f"{i:05d}.png" for i in range(6)] + ["notes.png", "summary.json"]
+    )
     # a later --resume must not take a stale frame as done either
     assert json.loads((out / "summary.json").read_text())["frame_names"] == [
-        f"{i:05d}" for i in range(6)]
+        f"{i:05d}" for i in range(6)
+    ]
 
 
-def test_overwrite_deletes_only_plain_frame_names_of_the_earlier_summary(tmp_path, squares,
-                                                                        double):
+def test_overwrite_deletes_only_plain_frame_names_of_the_earlier_summary(tmp_path, squares, double):
     """summary.json is a file anyone could edit: names with a path in them are not deleted."""
     video, frames, labels, mask = squares
     out = tmp_path / "out"
@@ -297,13 +318,23 @@ def test_overwrite_deletes_only_plain_frame_names_of_the_earlier_summary(tmp_pat
 def test_a_variable_frame_rate_video_warns_about_the_overlay_timing(tmp_path, double):
     from tests.test_frames import _ffmpeg_video
 
-    video = _ffmpeg_video(tmp_path / "vfr.mp4", "-vf", "setpts='if(lt(N,6),N,12+2*N)/10/TB'",
-                          "-fps_mode", "vfr")
+    video = _ffmpeg_video(
+        tmp_path / "vfr.mp4", "-vf", "setpts='if(lt(N,6),N,12+2*N)/10/TB'", "-fps_mode", "vfr"
+    )
     labels = np.zeros((64, 96), np.uint8)
     labels[10:30, 10:30] = 1
     write_label_png(tmp_path / "m.png", labels)
-    result = run("segment", video, "--mask", tmp_path / "m.png", "-o", tmp_path / "out", "-q",
-                 "--overlay", tmp_path / "o.mp4")
+    result = run(
+        "segment",
+        video,
+        "--mask",
+        tmp_path / "m.png",
+        "-o",
+        tmp_path / "out",
+        "-q",
+        "--overlay",
+        tmp_path / "o.mp4",
+    )
     assert result.exit_code == 0, result.output
     assert "variable frame rate" in result.stderr
     quiet = run("segment", video, "--mask", tmp_path / "m.png", "-o", tmp_path / "out2", "-q")

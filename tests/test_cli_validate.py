@@ -29,8 +29,19 @@ def make_tree(root, num_frames=8):
 def test_segment_then_score_with_the_double(tmp_path, double):
     make_tree(tmp_path / "tree")
     out, table = tmp_path / "segs", tmp_path / "scores.csv"
-    result = CliRunner().invoke(cli, ["validate", "--data", str(tmp_path / "tree"), "--output",
-                                      str(out), "--csv", str(table), "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "validate",
+            "--data",
+            str(tmp_path / "tree"),
+            "--output",
+            str(out),
+            "--csv",
+            str(table),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["one", "two"]
     assert read_label_png(out / "two" / "00007.png").max() == 2
@@ -43,18 +54,28 @@ def test_segment_then_score_with_the_double(tmp_path, double):
 
 def test_sequences_option_and_default_temp_output(tmp_path, double):
     make_tree(tmp_path / "tree")
-    result = CliRunner().invoke(cli, ["validate", "--data", str(tmp_path / "tree"),
-                                      "--sequences", "two", "-q"])
+    result = CliRunner().invoke(
+        cli, ["validate", "--data", str(tmp_path / "tree"), "--sequences", "two", "-q"]
+    )
     assert result.exit_code == 0, result.output
     assert "segmentations go to" in result.stderr
     assert "two" in result.stdout and "one" not in result.stdout.split("two")[0].splitlines()[-1]
 
 
-@pytest.mark.parametrize("shift,expected", [
-    ("right5", {"blackswan": (0.898344, 1.0), "car-shadow": (0.927193, 1.0),
-                "bmx-trees": (0.520255, 1.0)}),
-    ("down10", {"blackswan": (0.779169, 0.555840), "car-shadow": (0.808297, 0.592053)}),
-])
+@pytest.mark.parametrize(
+    "shift,expected",
+    [
+        (
+            "right5",
+            {
+                "blackswan": (0.898344, 1.0),
+                "car-shadow": (0.927193, 1.0),
+                "bmx-trees": (0.520255, 1.0),
+            },
+        ),
+        ("down10", {"blackswan": (0.779169, 0.555840), "car-shadow": (0.808297, 0.592053)}),
+    ],
+)
 def test_reproduces_the_official_scorer_on_davis(tmp_path, shift, expected):
     data = SHARED_DATA / "davis2016-dev"
     if not data.is_dir():
@@ -70,16 +91,28 @@ def test_reproduces_the_official_scorer_on_davis(tmp_path, shift, expected):
                 pred[10:, :] = gt[:-10, :]
             write_label_png(_mkdir(tmp_path / "res" / seq) / png.name, pred.astype(np.uint8))
     table = tmp_path / "scores.csv"
-    result = CliRunner().invoke(cli, ["validate", "--data", str(data), "--results",
-                                      str(tmp_path / "res"), "--sequences", ",".join(expected),
-                                      "--csv", str(table)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "validate",
+            "--data",
+            str(data),
+            "--results",
+            str(tmp_path / "res"),
+            "--sequences",
+            ",".join(expected),
+            "--csv",
+            str(table),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = {r["sequence"]: r for r in csv.DictReader(table.open())}
     for seq, (j, f) in expected.items():
         assert float(rows[seq]["J_mean"]) == pytest.approx(j, abs=1e-4)
         assert float(rows[seq]["F_mean"]) == pytest.approx(f, abs=1e-4)
-    assert float(rows["ALL"]["J_mean"]) == pytest.approx(np.mean([v[0] for v in expected.values()]),
-                                                         abs=1e-4)
+    assert float(rows["ALL"]["J_mean"]) == pytest.approx(
+        np.mean([v[0] for v in expected.values()]), abs=1e-4
+    )
 
 
 def _mkdir(path):

@@ -24,10 +24,20 @@ FRAMES = 40
 
 
 def segment(args, delay: float = 0.0) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tests.cli_driver", "--delay", str(delay), "--", "segment",
-           *map(str, args), "-q"]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.cli_driver",
+        "--delay",
+        str(delay),
+        "--",
+        "segment",
+        *map(str, args),
+        "-q",
+    ]
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def pngs(folder: Path) -> list[str]:
@@ -58,8 +68,9 @@ def test_sigkill_at_random_frames_then_resume(tmp_path):
     kills = sorted(rng.sample(range(2, FRAMES - 2), 4))
     first = True
     for at in kills:
-        proc = segment([*common, "-o", out, "--overlay", overlay, *([] if first else ["--resume"])],
-                       delay=0.02)
+        proc = segment(
+            [*common, "-o", out, "--overlay", overlay, *([] if first else ["--resume"])], delay=0.02
+        )
         kill_after(proc, out, at)
         first = False
         assert proc.returncode == -signal.SIGKILL
@@ -68,9 +79,26 @@ def test_sigkill_at_random_frames_then_resume(tmp_path):
         assert summary["status"] == "running"
         for name in pngs(out):  # whatever is under a final name is complete
             read_label_png(out / name)
-    done = subprocess.run([sys.executable, "-m", "tests.cli_driver", "--", "segment",
-                           *map(str, common), "-o", str(out), "--overlay", str(overlay), "-q",
-                           "--resume"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.cli_driver",
+            "--",
+            "segment",
+            *map(str, common),
+            "-o",
+            str(out),
+            "--overlay",
+            str(overlay),
+            "-q",
+            "--resume",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     names = [f"{i:05d}.png" for i in range(FRAMES)]
     assert pngs(out) == names

@@ -35,8 +35,10 @@ def _clip(num_frames=3, height=120, width=160, seed=0, boxes=None):
     """Rectangles (object id -> per-frame (y0, x0, y1, x1)) of unique colours on grey noise."""
     rng = np.random.default_rng(seed)
     if boxes is None:
-        boxes = {1: [(20 + 3 * t, 30 + 5 * t, 70 + 3 * t, 90 + 5 * t) for t in range(num_frames)],
-                 2: [(60, 100 - 4 * t, 100, 140 - 4 * t) for t in range(num_frames)]}
+        boxes = {
+            1: [(20 + 3 * t, 30 + 5 * t, 70 + 3 * t, 90 + 5 * t) for t in range(num_frames)],
+            2: [(60, 100 - 4 * t, 100, 140 - 4 * t) for t in range(num_frames)],
+        }
     frames = np.stack([_background(rng, height, width) for _ in range(num_frames)])
     labels = np.zeros((num_frames, height, width), np.uint8)
     for k, per_frame in boxes.items():
@@ -51,8 +53,15 @@ def _clip(num_frames=3, height=120, width=160, seed=0, boxes=None):
 
 def _eroded(mask, pixels=2):
     # Eroded from the frame border too: an object edge can lie just outside the frame.
-    return cv2.erode(mask.astype(np.uint8), np.ones((2 * pixels + 1,) * 2, np.uint8),
-                     borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    return (
+        cv2.erode(
+            mask.astype(np.uint8),
+            np.ones((2 * pixels + 1,) * 2, np.uint8),
+            borderType=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        > 0
+    )
 
 
 def _assert_consistent(clip: Clip, max_objects=4, max_parts=6):
@@ -91,6 +100,7 @@ def _assert_consistent(clip: Clip, max_objects=4, max_parts=6):
 
 
 # ---- the sample ------------------------------------------------------------------------------
+
 
 def test_clip_validates_shapes():
     clip = _clip()
@@ -144,9 +154,11 @@ def test_parts_follow_a_translating_and_scaling_object():
 
 
 def test_relabel_from_reference_drops_objects_absent_on_frame_0():
-    boxes = {1: [None, (10, 10, 30, 30), (10, 12, 30, 32)],
-             2: [(40, 40, 60, 70), (40, 42, 60, 72), None],
-             3: [(5, 100, 25, 130)] * 3}
+    boxes = {
+        1: [None, (10, 10, 30, 30), (10, 12, 30, 32)],
+        2: [(40, 40, 60, 70), (40, 42, 60, 72), None],
+        3: [(5, 100, 25, 130)] * 3,
+    }
     clip = _clip(boxes=boxes)
     clip.labels[:, 100:, :10] = VOID
     out = clip.relabel_from_reference()
@@ -158,8 +170,9 @@ def test_relabel_from_reference_drops_objects_absent_on_frame_0():
     np.testing.assert_array_equal(out.labels == VOID, clip.labels == VOID)
     # An object that vanishes later is kept, absent on that frame.
     arrays = out.to_arrays(4, 6)
-    np.testing.assert_array_equal(arrays["object_present"][:, :2],
-                                  [[True, True], [True, True], [False, True]])
+    np.testing.assert_array_equal(
+        arrays["object_present"][:, :2], [[True, True], [True, True], [False, True]]
+    )
     _assert_consistent(out)
 
 
@@ -209,8 +222,9 @@ def test_crop_scale_downscales_large_frames_without_breaking_alignment():
     # 4x larger source: the INTER_AREA pre-shrink must keep frames aligned with labels.
     boxes = {1: [(80, 120, 280, 360), (92, 140, 292, 380), (100, 150, 300, 390)]}
     clip = _clip(height=480, width=640, boxes=boxes, seed=2)
-    config = AugmentConfig(size=(96, 128), zoom=(1.0, 1.0), aspect=1.0, frame_shift=0.0,
-                           frame_scale=0.0, colour=None)
+    config = AugmentConfig(
+        size=(96, 128), zoom=(1.0, 1.0), aspect=1.0, frame_shift=0.0, frame_scale=0.0, colour=None
+    )
     out = random_crop_scale(clip, config, np.random.default_rng(0))
     expected = np.array(boxes[1][0], np.float32) / 5  # fit scale 96 / 480
     np.testing.assert_allclose(mask_box(out.labels[0] == 1), expected, atol=1)
@@ -221,8 +235,9 @@ def test_crop_that_loses_an_object_on_frame_0_drops_it():
     # Object 2 is tiny and far from object 1: crops centred on 1 at high zoom lose it.
     boxes = {1: [(50, 60, 80, 100)] * 3, 2: [(2, 2, 6, 6)] * 3}
     clip = _clip(boxes=boxes)
-    config = AugmentConfig(size=(48, 48), zoom=(2.0, 2.0), object_centred=1.0, colour=None,
-                           min_object_pixels=30)
+    config = AugmentConfig(
+        size=(48, 48), zoom=(2.0, 2.0), object_centred=1.0, colour=None, min_object_pixels=30
+    )
     out = random_crop_scale(clip, config, np.random.default_rng(0))
     assert out.num_objects == 1
     _assert_consistent(out)
@@ -254,8 +269,9 @@ def test_colour_jitter_changes_frames_only_and_is_reproducible():
 
 def test_augment_clip_is_reproducible_and_consistent():
     clip = _clip(seed=4)
-    config = AugmentConfig(size=(96, 96), colour=ColourJitter(probability=0.0),
-                           min_object_pixels=16)
+    config = AugmentConfig(
+        size=(96, 96), colour=ColourJitter(probability=0.0), min_object_pixels=16
+    )
     a = augment_clip(clip, config, np.random.default_rng(11))
     b = augment_clip(clip, config, np.random.default_rng(11))
     np.testing.assert_array_equal(a.frames, b.frames)

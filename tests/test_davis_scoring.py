@@ -186,7 +186,13 @@ def test_perfect_2016_results_and_csv(tree_2016: DavisTree, tmp_path: Path):
     assert [(o.sequence, o.object_id) for o in report.objects] == [("cat", 1)]
     m = report.objects[0].measures
     assert (m.j_mean, m.j_recall, m.j_decay, m.f_mean, m.f_recall, m.f_decay) == (
-        1.0, 1.0, 0.0, 1.0, 1.0, 0.0)
+        1.0,
+        1.0,
+        0.0,
+        1.0,
+        1.0,
+        0.0,
+    )
     assert report.overall.jf == 1.0
 
     out = tmp_path / "scores" / "scores.csv"
@@ -243,11 +249,14 @@ def test_2017_missing_object_is_empty_and_global_means(tree_2017: DavisTree, tmp
     with open(out, newline="", encoding="utf-8") as handle:
         table = list(csv.reader(handle))
     assert table[0] == HEADER_LINE.split(",")
-    assert [row[:2] for row in table[1:]] == [["pair", "1"], ["pair", "2"], ["solo", "1"],
-                                              ["ALL", ""]]
+    assert [row[:2] for row in table[1:]] == [
+        ["pair", "1"],
+        ["pair", "2"],
+        ["solo", "1"],
+        ["ALL", ""],
+    ]
     assert table[-1][2] == "0.666667" and table[-1][5] == "0.666667"
-    assert table[2][2:] == ["0.000000", "0.000000", "0.000000", "0.000000", "0.000000",
-                            "0.000000"]
+    assert table[2][2:] == ["0.000000", "0.000000", "0.000000", "0.000000", "0.000000", "0.000000"]
 
     text = report.table()
     assert "pair" in text and "solo" in text and text.splitlines()[-1].startswith("ALL")

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -46,9 +45,13 @@ def _namespace_command() -> list[str] | None:
 
 def _driver(*args, fill: Path | None = None, fill_at: int = 1) -> subprocess.CompletedProcess:
     extra = ["--fill", str(fill), "--fill-at", str(fill_at)] if fill else []
-    return subprocess.run([sys.executable, "-m", "tests.cli_driver", *extra, "--", "segment",
-                           *map(str, args), "-q"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.cli_driver", *extra, "--", "segment", *map(str, args), "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _one_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -86,8 +89,9 @@ def scenarios(root: str) -> None:
     for name in ("png", "overlay", "start"):
         disks[name] = root / name
         disks[name].mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disks[name])],
-                       check=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disks[name])], check=True
+        )
 
     # 1. the disk fills while frames are written: a PNG cannot be written
     out, filler = disks["png"] / "out", disks["png"] / "filler"
@@ -97,7 +101,7 @@ def scenarios(root: str) -> None:
     done = _complete_pngs(out)
     assert summary["status"] == "failed" and "no space left" in summary["error"]
     assert summary["frames_done"] == len(done) and len(done) < FRAMES
-    assert done == NAMES[:len(done)]
+    assert done == NAMES[: len(done)]
     _no_temporaries(out)
     filler.unlink()
     resumed = _driver(*common, "-o", out, "--resume")
@@ -109,14 +113,17 @@ def scenarios(root: str) -> None:
     # 2. the overlay's disk fills: ffmpeg fails, and no truncated video takes the final name
     out, overlay, filler = root / "out2", disks["overlay"] / "ov.mp4", disks["overlay"] / "filler"
     failed = _driver(*common, "-o", out, "--overlay", overlay, fill=filler, fill_at=3)
-    _one_line(failed, f"cannot write the overlay video {overlay}",
-              f"no space left on the file system at {disks['overlay']}")
+    _one_line(
+        failed,
+        f"cannot write the overlay video {overlay}",
+        f"no space left on the file system at {disks['overlay']}",
+    )
     assert not overlay.exists()
     _no_temporaries(disks["overlay"], out)
     summary = json.loads((out / "summary.json").read_text())
     done = _complete_pngs(out)
     assert summary["status"] == "failed" and summary["frames_done"] == len(done)
-    assert done == NAMES[:len(done)]
+    assert done == NAMES[: len(done)]
     filler.unlink()
     resumed = _driver(*common, "-o", out, "--overlay", overlay, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -141,11 +148,18 @@ def scenarios(root: str) -> None:
 def test_a_really_full_disk_at_each_write(tmp_path):
     namespace = _namespace_command()
     if namespace is None:
-        pytest.skip("no private mount namespace here (unshare): the injected-error tests "
-                    "below cover the same paths")
+        pytest.skip(
+            "no private mount namespace here (unshare): the injected-error tests "
+            "below cover the same paths"
+        )
     script = f"from tests.test_disk_full import scenarios; scenarios({str(tmp_path)!r})"
-    proc = subprocess.run([*namespace, sys.executable, "-c", script], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*namespace, sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
     assert "all disk-full scenarios passed" in proc.stdout
 
@@ -196,8 +210,11 @@ def test_injected_enospc_on_a_png(tmp_path, clip, double, monkeypatch):
 
     real = _fail_when(monkeypatch, writers, "write_label_png", lambda calls, data: calls == 6)
     out = tmp_path / "out"
-    _fails_one_line(_run("segment", clip[0], "--mask", clip[1], "-o", out, "-q"),
-                    "00005.png", "no space left on the file system at")
+    _fails_one_line(
+        _run("segment", clip[0], "--mask", clip[1], "-o", out, "-q"),
+        "00005.png",
+        "no space left on the file system at",
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["frames_done"] == 5
     assert _complete_pngs(out) == NAMES[:5]
@@ -211,11 +228,18 @@ def test_injected_enospc_on_a_png(tmp_path, clip, double, monkeypatch):
 def test_injected_enospc_on_the_summary(tmp_path, clip, double, monkeypatch, which):
     import vostrack.inference.pipeline as pipeline
 
-    real = _fail_when(monkeypatch, pipeline, "write_json", lambda calls, data: (
-        calls == 1 if which == "first" else data.get("status") == "complete"))
+    real = _fail_when(
+        monkeypatch,
+        pipeline,
+        "write_json",
+        lambda calls, data: calls == 1 if which == "first" else data.get("status") == "complete",
+    )
     out = tmp_path / "out"
-    _fails_one_line(_run("segment", clip[0], "--mask", clip[1], "-o", out, "-q"),
-                    "summary.json", "no space left on the file system at")
+    _fails_one_line(
+        _run("segment", clip[0], "--mask", clip[1], "-o", out, "-q"),
+        "summary.json",
+        "no space left on the file system at",
+    )
     monkeypatch.setattr(pipeline, "write_json", real)
     if which == "first":  # refused before any work: no frame, no summary, no folder
         assert not out.exists()
@@ -245,16 +269,20 @@ def test_ffmpeg_failure_is_detected_and_no_overlay_is_left(tmp_path, clip, doubl
 
     monkeypatch.setattr(writers.subprocess, "Popen", popen)
     out, overlay = tmp_path / "out", tmp_path / "ov.mp4"
-    _fails_one_line(_run("segment", clip[0], "--mask", clip[1], "-o", out, "--overlay", overlay,
-                         "-q"), f"cannot write the overlay video {overlay}", "no space left")
+    _fails_one_line(
+        _run("segment", clip[0], "--mask", clip[1], "-o", out, "--overlay", overlay, "-q"),
+        f"cannot write the overlay video {overlay}",
+        "no space left",
+    )
     assert not overlay.exists()
     _no_temporaries(tmp_path, out)
     summary = json.loads((out / "summary.json").read_text())
     done = _complete_pngs(out)
     assert summary["status"] == "failed" and summary["frames_done"] == len(done) < FRAMES
-    assert done == NAMES[:len(done)]
+    assert done == NAMES[: len(done)]
     monkeypatch.setattr(writers.subprocess, "Popen", real_popen)
-    resumed = _run("segment", clip[0], "--mask", clip[1], "-o", out, "--overlay", overlay, "-q",
-                   "--resume")
+    resumed = _run(
+        "segment", clip[0], "--mask", clip[1], "-o", out, "--overlay", overlay, "-q", "--resume"
+    )
     assert resumed.exit_code == 0, resumed.output
     assert imageio_ffmpeg.count_frames_and_secs(str(overlay))[0] == FRAMES

@@ -52,9 +52,14 @@ print(json.dumps({"spread": spread, "moved": moved, "worst": worst}))
 def run(env: dict, freeze_steps: int) -> dict:
     import json
 
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), str(freeze_steps)],
-                          env=env, cwd=Path(__file__).resolve().parents[1],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT), str(freeze_steps)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -67,14 +72,18 @@ def check(result: dict) -> None:
 
 def test_mirrored_strategy_step_matches_one_device():
     repo = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p))
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p),
+    )
     check(run(env, freeze_steps=0))
 
 
 def test_jax_data_parallel_step_matches_one_device():
     env = jax_env()
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     check(run(env, freeze_steps=1))
 
 

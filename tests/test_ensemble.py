@@ -22,11 +22,15 @@ from vostrack.io.palette import read_label_png, write_label_png
 from vostrack.network.vos import VosNetwork
 from vostrack.registry import load_propagator
 
+
 @pytest.fixture(scope="module")
 def clip():
     # 100 px wide: the mirror image's padding (to 128) puts the objects on another grid phase
-    return make_clip(SceneConfig(height=96, width=100, num_frames=6, num_objects=2, seed=5,
-                                 object_size=(0.25, 0.35)))
+    return make_clip(
+        SceneConfig(
+            height=96, width=100, num_frames=6, num_objects=2, seed=5, object_size=(0.25, 0.35)
+        )
+    )
 
 
 class Recorder:
@@ -60,8 +64,11 @@ def test_the_labels_are_the_argmax_of_both_members_averaged(tiny_network, clip):
     runtime = KerasRuntime(tiny_network)
     plain, mirrored = Recorder(runtime), Recorder(runtime)
     run_video(MatchingPropagator(plain), frames, labels)
-    run_video(MatchingPropagator(mirrored), np.ascontiguousarray(frames[:, :, ::-1]),
-              np.ascontiguousarray(labels[:, :, ::-1]))
+    run_video(
+        MatchingPropagator(mirrored),
+        np.ascontiguousarray(frames[:, :, ::-1]),
+        np.ascontiguousarray(labels[:, :, ::-1]),
+    )
     with eager():
         masks, _, _ = run_video(MirroredPropagator(MatchingPropagator(runtime)), frames, labels)
     disagree = 0
@@ -79,17 +86,22 @@ def test_the_labels_are_the_argmax_of_both_members_averaged(tiny_network, clip):
 
 def test_both_members_place_their_parts_from_the_averaged_labels(clip):
     frames, labels = clip
-    config = dataclasses.replace(PARTS_CONFIG, parts=dataclasses.replace(PARTS_CONFIG.parts,
-                                                                         track=False))
+    config = dataclasses.replace(
+        PARTS_CONFIG, parts=dataclasses.replace(PARTS_CONFIG.parts, track=False)
+    )
     base = PartsPropagator(KerasRuntime(VosNetwork(config)))
     with eager():
         masks, states, reference = run_video(MirroredPropagator(base), frames, labels)
     for t in range(1, len(frames)):
         before, after = states[t - 1], states[t]
-        np.testing.assert_array_equal(after.plain.part_boxes, base._reseed(
-            reference.plain.parts, masks[t], before.plain.part_boxes))
-        np.testing.assert_array_equal(after.mirrored.part_boxes, base._reseed(
-            reference.mirrored.parts, mirror(masks[t]), before.mirrored.part_boxes))
+        np.testing.assert_array_equal(
+            after.plain.part_boxes,
+            base._reseed(reference.plain.parts, masks[t], before.plain.part_boxes),
+        )
+        np.testing.assert_array_equal(
+            after.mirrored.part_boxes,
+            base._reseed(reference.mirrored.parts, mirror(masks[t]), before.mirrored.part_boxes),
+        )
     assert reference.mirrored.parts.valid.sum() == reference.plain.parts.valid.sum()
 
 
@@ -120,8 +132,10 @@ def test_a_model_with_mirror_average_segments_through_the_cli(tiny_model, clip, 
     first = tmp_path / "first.png"
     write_label_png(first, labels[0])
     out = tmp_path / "out"
-    result = CliRunner().invoke(cli, ["segment", str(video), "--mask", str(first), "--model",
-                                      str(model), "-o", str(out), "-q"])
+    result = CliRunner().invoke(
+        cli,
+        ["segment", str(video), "--mask", str(first), "--model", str(model), "-o", str(out), "-q"],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "summary.json").read_text())["model"]["mirror_average"] is True
     masks = [read_label_png(out / f"{t:05d}.png") for t in range(len(frames))]
@@ -129,7 +143,20 @@ def test_a_model_with_mirror_average_segments_through_the_cli(tiny_model, clip, 
     for t in range(1, len(frames)):
         np.testing.assert_array_equal(masks[t], direct[t])
     # --no-mirror overrides the model; resuming the mirrored run without it is another job
-    result = CliRunner().invoke(cli, ["segment", str(video), "--mask", str(first), "--model",
-                                      str(model), "-o", str(out), "-q", "--resume",
-                                      "--no-mirror"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "segment",
+            str(video),
+            "--mask",
+            str(first),
+            "--model",
+            str(model),
+            "-o",
+            str(out),
+            "-q",
+            "--resume",
+            "--no-mirror",
+        ],
+    )
     assert result.exit_code == 2 and "model" in result.stderr, result.output

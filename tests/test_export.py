@@ -18,8 +18,7 @@ from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
 from vostrack.network.config import ModelConfig, working_size
 from vostrack.network.vos import load_network
 from vostrack.registry import read_manifest
-from vostrack.serving.export import (export_model, float32_constants, tf_working_size,
-                                     to_half)
+from vostrack.serving.export import export_model, float32_constants, tf_working_size, to_half
 
 TINY = tiny_matching_config()
 
@@ -42,8 +41,11 @@ def reloaded(exported):
 
 @pytest.fixture(scope="module")
 def clip():
-    return make_clip(SceneConfig(height=96, width=160, num_frames=8, num_objects=2, seed=3,
-                                 object_size=(0.25, 0.3)))
+    return make_clip(
+        SceneConfig(
+            height=96, width=160, num_frames=8, num_objects=2, seed=3, object_size=(0.25, 0.3)
+        )
+    )
 
 
 def test_working_size_and_its_graph_twin_agree():
@@ -87,14 +89,23 @@ def test_export_writes_a_complete_model_folder(exported):
         assert (exported / name).is_file(), name
     assert set(manifest["tensors"]) == {"encode_reference", "step"}
     assert set(manifest["tensors"]["step"]["inputs"]) == {
-        "frame", "reference_keys", "reference_probs", "reference_valid", "recent_keys",
-        "recent_probs", "recent_valid"}
+        "frame",
+        "reference_keys",
+        "reference_probs",
+        "reference_valid",
+        "recent_keys",
+        "recent_probs",
+        "recent_valid",
+    }
     assert set(manifest["tensors"]["step"]["outputs"]) == {"index", "probs", "grid", "key"}
     assert not list(exported.parent.glob(".tiny*"))  # written aside, renamed into place
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString((exported / "frozen.pb").read_bytes())
-    weights = [n.attr["value"].tensor.tensor_content for n in graph_def.node
-               if n.op == "Const" and len(n.attr["value"].tensor.tensor_content) > 1024]
+    weights = [
+        n.attr["value"].tensor.tensor_content
+        for n in graph_def.node
+        if n.op == "Const" and len(n.attr["value"].tensor.tensor_content) > 1024
+    ]
     assert weights and len(weights) == len(set(weights))  # both functions share one copy
 
 
@@ -110,8 +121,11 @@ def test_frozen_graph_and_keras_model_give_the_same_masks(network, exported, cli
             assert (a & b).sum() / max((a | b).sum(), 1) > 0.99, (t, k)
     # and the masks are real: the pretrained features follow the objects
     for k in (1, 2):
-        ious = [((frozen_masks[t] == k) & (labels[t] == k)).sum()
-                / max(((frozen_masks[t] == k) | (labels[t] == k)).sum(), 1) for t in range(1, 8)]
+        ious = [
+            ((frozen_masks[t] == k) & (labels[t] == k)).sum()
+            / max(((frozen_masks[t] == k) | (labels[t] == k)).sum(), 1)
+            for t in range(1, 8)
+        ]
         assert np.mean(ious) > 0.6, (k, ious)
 
 
@@ -119,12 +133,14 @@ def test_saved_model_signatures_run(exported, reloaded, clip):
     loaded = tf.saved_model.load(str(exported / "saved_model"))
     assert set(loaded.signatures) == {"encode_reference", "step"}
     probs = np.ones(clip[0][0].shape[:2] + (1,), np.float32)
-    key = loaded.signatures["encode_reference"](frame=tf.constant(clip[0][0]),
-                                                probs=tf.constant(probs))["key"].numpy()
+    key = loaded.signatures["encode_reference"](
+        frame=tf.constant(clip[0][0]), probs=tf.constant(probs)
+    )["key"].numpy()
     assert key.shape == (6, 10, 120)  # 96x160 working size, stride 16
     np.testing.assert_allclose(np.linalg.norm(key, axis=-1), 1.0, atol=1e-4)
-    expected = KerasRuntime(reloaded).run("encode_reference",
-                                          {"frame": clip[0][0], "probs": probs})["key"]
+    expected = KerasRuntime(reloaded).run(
+        "encode_reference", {"frame": clip[0][0], "probs": probs}
+    )["key"]
     np.testing.assert_allclose(key, expected, atol=1e-4)
     # One stored copy of the weights, in float16: the graph holds no weight constants.
     variables = tf.train.list_variables(str(exported / "saved_model" / "variables" / "variables"))
@@ -132,19 +148,25 @@ def test_saved_model_signatures_run(exported, reloaded, clip):
     assert (exported / "saved_model" / "saved_model.pb").stat().st_size < 2e6
 
 
-def test_weights_are_stored_in_float16_and_computed_in_float32(network, exported, reloaded,
-                                                                tmp_path):
+def test_weights_are_stored_in_float16_and_computed_in_float32(
+    network, exported, reloaded, tmp_path
+):
     import h5py
 
     full = export_model(network, tmp_path / "full", "full", weights_dtype="float32")
     assert read_manifest(exported)["weights_dtype"] == "float16"
     with h5py.File(exported / "network.weights.h5") as half_file:
         dtypes = []
-        half_file.visititems(lambda _, item: dtypes.append(item.dtype)
-                             if isinstance(item, h5py.Dataset) else None)
+        half_file.visititems(
+            lambda _, item: dtypes.append(item.dtype) if isinstance(item, h5py.Dataset) else None
+        )
     assert np.dtype("float16") in dtypes and np.dtype("float32") in dtypes  # biases stay
     assert all(v.dtype == "float32" for v in reloaded.weights)
-    for name in ("frozen.pb", "network.weights.h5", "saved_model/variables/variables.data-00000-of-00001"):
+    for name in (
+        "frozen.pb",
+        "network.weights.h5",
+        "saved_model/variables/variables.data-00000-of-00001",
+    ):
         ratio = (exported / name).stat().st_size / (full / name).stat().st_size
         assert 0.45 < ratio < 0.6, (name, ratio)
     # Rounding to float16 moves the unit-norm keys by about 1e-3; a float32 export not at all.
@@ -154,7 +176,8 @@ def test_weights_are_stored_in_float16_and_computed_in_float32(network, exported
     for folder, low, high in ((exported, 1e-4, 1e-2), (full, 0, 1e-5)):
         manifest = read_manifest(folder)
         key = FrozenRuntime(folder / "frozen.pb", TINY, manifest["tensors"]).run(
-            "encode_reference", inputs)["key"]
+            "encode_reference", inputs
+        )["key"]
         assert low <= np.abs(key - exact).max() <= high, folder
 
 
@@ -195,9 +218,9 @@ def test_frozen_graph_reloads_in_a_fresh_process(reloaded, exported, clip):
         import json, sys, numpy as np, tensorflow as tf
         names = json.loads({names!r})
         graph_def = tf.compat.v1.GraphDef()
-        graph_def.ParseFromString(open({str(exported / 'frozen.pb')!r}, 'rb').read())
-        frame = np.load({str(exported.parent / 'frame.npy')!r})
-        probs = np.load({str(exported.parent / 'probs.npy')!r})
+        graph_def.ParseFromString(open({str(exported / "frozen.pb")!r}, 'rb').read())
+        frame = np.load({str(exported.parent / "frame.npy")!r})
+        probs = np.load({str(exported.parent / "probs.npy")!r})
         inputs, key = names["inputs"], names["outputs"]["key"]
         graph = tf.Graph()
         with graph.as_default():
@@ -208,14 +231,16 @@ def test_frozen_graph_reloads_in_a_fresh_process(reloaded, exported, clip):
             lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
         pruned = wrapped.prune(feeds=[inputs["frame"], inputs["probs"]], fetches=key)
         b = pruned(tf.constant(frame), tf.constant(probs)).numpy()
-        np.save({str(exported.parent / 'keys.npy')!r}, np.stack([a, b]))
+        np.save({str(exported.parent / "keys.npy")!r}, np.stack([a, b]))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     session_key, wrapped_key = np.load(exported.parent / "keys.npy")
     expected = KerasRuntime(reloaded).run(
-        "encode_reference", {"frame": frame, "probs": np.load(exported.parent / "probs.npy")})["key"]
+        "encode_reference", {"frame": frame, "probs": np.load(exported.parent / "probs.npy")}
+    )["key"]
     np.testing.assert_allclose(session_key, expected, atol=1e-4)
     np.testing.assert_allclose(wrapped_key, expected, atol=1e-4)
 

@@ -20,15 +20,19 @@ def _inputs(height: int, width: int, batch: int = 1, seed: int = 0) -> dict[str,
     out = {}
     for level, channels in CHANNELS.items():
         stride = 2 ** int(level[1])
-        out[level] = rng.randn(batch, -(-height // stride), -(-width // stride),
-                               channels).astype(np.float32)
+        out[level] = rng.randn(batch, -(-height // stride), -(-width // stride), channels).astype(
+            np.float32
+        )
     return out
 
 
-@pytest.mark.parametrize("height, width, sizes", [
-    (480, 864, [(120, 216), (60, 108), (30, 54), (15, 27)]),
-    (480, 854, [(120, 214), (60, 107), (30, 54), (15, 27)]),
-])
+@pytest.mark.parametrize(
+    "height, width, sizes",
+    [
+        (480, 864, [(120, 216), (60, 108), (30, 54), (15, 27)]),
+        (480, 854, [(120, 214), (60, 107), (30, 54), (15, 27)]),
+    ],
+)
 def test_output_shapes(height, width, sizes):
     inputs = _inputs(height, width)
     assert [inputs[f"C{lv}"].shape[1:3] for lv in range(2, 6)] == sizes
@@ -60,10 +64,14 @@ def test_top_down_path_reaches_the_finest_level():
 def test_config_round_trip_and_tf_graph_with_unknown_frame_size():
     # The round trip on a 64x64 frame; in a TF graph with every size but the channels unknown,
     # two frame sizes (one not a multiple of 32) through one trace.
-    run_layer_test(FeaturePyramid, dict(channels=6, min_level=2, max_level=5,
-                                        kernel_initializer="he_normal", name="fpn"),
-                   (_inputs(64, 64),), traced_arg_sets=[(_inputs(96, 128),), (_inputs(80, 150),)],
-                   atol=1e-6, graph_atol=1e-5)
+    run_layer_test(
+        FeaturePyramid,
+        dict(channels=6, min_level=2, max_level=5, kernel_initializer="he_normal", name="fpn"),
+        (_inputs(64, 64),),
+        traced_arg_sets=[(_inputs(96, 128),), (_inputs(80, 150),)],
+        atol=1e-6,
+        graph_atol=1e-5,
+    )
 
 
 def test_one_training_step_lowers_the_loss():
@@ -73,8 +81,9 @@ def test_one_training_step_lowers_the_loss():
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     inputs = _inputs(64, 64, batch=2)
     rng = np.random.RandomState(1)
-    targets = {f"P{lv}": rng.randn(2, 64 // 2 ** lv, 64 // 2 ** lv, 4).astype(np.float32)
-               for lv in range(2, 6)}
+    targets = {
+        f"P{lv}": rng.randn(2, 64 // 2**lv, 64 // 2**lv, 4).astype(np.float32) for lv in range(2, 6)
+    }
     first = float(np.sum(model.train_on_batch(inputs, targets)))
     second = float(np.sum(model.evaluate(inputs, targets, verbose=0)))
     assert second < first

@@ -12,8 +12,13 @@ from vostrack.io.frames import natural_key, open_frames
 
 def test_natural_key_orders_numbers_as_numbers():
     names = ["frame10.jpg", "frame2.jpg", "Frame1.jpg", "frame1b.jpg", "a.jpg"]
-    assert sorted(names, key=natural_key) == ["a.jpg", "Frame1.jpg", "frame1b.jpg", "frame2.jpg",
-                                              "frame10.jpg"]
+    assert sorted(names, key=natural_key) == [
+        "a.jpg",
+        "Frame1.jpg",
+        "frame1b.jpg",
+        "frame2.jpg",
+        "frame10.jpg",
+    ]
 
 
 def test_folder_frames_come_in_natural_order(tmp_path):
@@ -97,16 +102,33 @@ def _ffmpeg_video(path, *options):
 
     import imageio_ffmpeg
 
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc=size=96x64:rate=10", "-frames:v", "12", *options, "-c:v", "libx264",
-                    str(path)], check=True)
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=96x64:rate=10",
+            "-frames:v",
+            "12",
+            *options,
+            "-c:v",
+            "libx264",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
 def test_variable_frame_rate_is_detected(tmp_path):
     constant = _ffmpeg_video(tmp_path / "cfr.mp4")
-    variable = _ffmpeg_video(tmp_path / "vfr.mp4", "-vf", "setpts='if(lt(N,6),N,12+2*N)/10/TB'",
-                             "-fps_mode", "vfr")
+    variable = _ffmpeg_video(
+        tmp_path / "vfr.mp4", "-vf", "setpts='if(lt(N,6),N,12+2*N)/10/TB'", "-fps_mode", "vfr"
+    )
     assert open_frames(constant).variable_rate is False
     source = open_frames(variable)
     assert source.variable_rate is True and source.num_frames == 12
@@ -123,12 +145,32 @@ def test_a_rotated_video_opens_upright_and_quietly(tmp_path):
 
     plain = _ffmpeg_video(tmp_path / "plain.mp4")
     video = tmp_path / "rot.mp4"
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-display_rotation", "90",
-                    "-i", str(plain), "-c", "copy", str(video)], check=True)
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-v",
+            "error",
+            "-display_rotation",
+            "90",
+            "-i",
+            str(plain),
+            "-c",
+            "copy",
+            str(video),
+        ],
+        check=True,
+    )
     probe = subprocess.run(
-        [sys.executable, "-c", "from vostrack.io.frames import open_frames; "
-         f"s = open_frames({str(video)!r}); print(s.width, s.height, len(list(s)))"],
-        capture_output=True, text=True, cwd=str(tmp_path))
+        [
+            sys.executable,
+            "-c",
+            "from vostrack.io.frames import open_frames; "
+            f"s = open_frames({str(video)!r}); print(s.width, s.height, len(list(s)))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+    )
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.split() == ["64", "96", "12"]
     assert probe.stderr == "", probe.stderr

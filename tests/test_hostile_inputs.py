@@ -8,15 +8,15 @@ model folders, which load the real thing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import fcntl
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -119,8 +119,15 @@ def _mask_in_output(root: Path) -> list:
     video, mask = _clip(root)
     (root / "masks").mkdir()
     shutil.copy(mask, root / "masks" / "00000.png")  # named after its frame, as DAVIS trees do
-    return ["segment", video, "--mask", root / "masks" / "00000.png", "-o", root / "masks",
-            "--overwrite"]
+    return [
+        "segment",
+        video,
+        "--mask",
+        root / "masks" / "00000.png",
+        "-o",
+        root / "masks",
+        "--overwrite",
+    ]
 
 
 def _interrupted_at_fps(root: Path, double) -> list:
@@ -147,100 +154,219 @@ def _locked(path: Path):
 
 CASES = [
     # --- outputs that alias inputs (issue 14, items 1-2): refused whatever --overwrite says
-    Case("out-is-the-input-frame-folder",
-         lambda r: seg(r, "-o", r / "in" / "frames", "--overwrite", frames_folder=True),
-         "is the input frame folder"),
-    Case("out-inside-the-input-frame-folder",
-         lambda r: seg(r, "-o", r / "in" / "frames" / "out", frames_folder=True),
-         "lies inside the input frame folder", absent=("in/frames/out",)),
-    Case("out-contains-the-input-video",
-         lambda r: seg(r, "-o", r / "in", "--overwrite"), "contains the input video"),
-    Case("out-is-a-link-to-the-input-frame-folder",
-         lambda r: seg(r, "-o", _symlink(r / "link", r / "in" / "frames"), "--overwrite",
-                       frames_folder=True), "is the input frame folder"),
+    Case(
+        "out-is-the-input-frame-folder",
+        lambda r: seg(r, "-o", r / "in" / "frames", "--overwrite", frames_folder=True),
+        "is the input frame folder",
+    ),
+    Case(
+        "out-inside-the-input-frame-folder",
+        lambda r: seg(r, "-o", r / "in" / "frames" / "out", frames_folder=True),
+        "lies inside the input frame folder",
+        absent=("in/frames/out",),
+    ),
+    Case(
+        "out-contains-the-input-video",
+        lambda r: seg(r, "-o", r / "in", "--overwrite"),
+        "contains the input video",
+    ),
+    Case(
+        "out-is-a-link-to-the-input-frame-folder",
+        lambda r: seg(
+            r, "-o", _symlink(r / "link", r / "in" / "frames"), "--overwrite", frames_folder=True
+        ),
+        "is the input frame folder",
+    ),
     Case("out-holds-the-mask", lambda r: _mask_in_output(r), "contains the mask"),
-    Case("an-output-file-is-a-link-to-the-mask",
-         lambda r: seg(r, "-o", _symlink(r / "out" / "00000.png", r / "in" / "m.png").parent,
-                       "--overwrite"), "is the mask"),
-    Case("overlay-is-the-input-video",
-         lambda r: seg(r, "-o", r / "out", "--overlay", r / "in" / "v.mp4", "--overwrite"),
-         "the overlay", absent=("out",)),
-    Case("overlay-is-a-link-to-the-input-video",
-         lambda r: seg(r, "-o", r / "out", "--overlay",
-                       _symlink(r / "ov.mp4", r / "in" / "v.mp4"), "--overwrite"),
-         "is the input video", absent=("out",)),
-    Case("overlay-is-a-hard-link-to-the-input-video",
-         lambda r: [*seg(r, "-o", r / "out", "--overwrite"), "--overlay",
-                    os.link(r / "in" / "v.mp4", r / "hard.mp4") or r / "hard.mp4"],
-         "is the input video", absent=("out",)),
+    Case(
+        "an-output-file-is-a-link-to-the-mask",
+        lambda r: seg(
+            r, "-o", _symlink(r / "out" / "00000.png", r / "in" / "m.png").parent, "--overwrite"
+        ),
+        "is the mask",
+    ),
+    Case(
+        "overlay-is-the-input-video",
+        lambda r: seg(r, "-o", r / "out", "--overlay", r / "in" / "v.mp4", "--overwrite"),
+        "the overlay",
+        absent=("out",),
+    ),
+    Case(
+        "overlay-is-a-link-to-the-input-video",
+        lambda r: seg(
+            r,
+            "-o",
+            r / "out",
+            "--overlay",
+            _symlink(r / "ov.mp4", r / "in" / "v.mp4"),
+            "--overwrite",
+        ),
+        "is the input video",
+        absent=("out",),
+    ),
+    Case(
+        "overlay-is-a-hard-link-to-the-input-video",
+        lambda r: [
+            *seg(r, "-o", r / "out", "--overwrite"),
+            "--overlay",
+            os.link(r / "in" / "v.mp4", r / "hard.mp4") or r / "hard.mp4",
+        ],
+        "is the input video",
+        absent=("out",),
+    ),
     # --- overlay paths that cannot be written: refused before the output folder is made
-    Case("overlay-is-an-existing-folder",
-         lambda r: seg(r, "-o", r / "out", "--overlay",
-                       (r / "dir.mp4").mkdir() or r / "dir.mp4", "--overwrite"),
-         "is a folder", absent=("out",)),
-    Case("overlay-in-a-missing-folder",
-         lambda r: seg(r, "-o", r / "out", "--overlay", r / "nowhere" / "o.mp4"),
-         "does not exist", absent=("out",)),
-    Case("overlay-under-a-file",
-         lambda r: seg(r, "-o", r / "out", "--overlay", r / "in" / "m.png" / "o.mp4"),
-         "is a file, not a folder", absent=("out",)),
-    Case("overlay-not-a-video-name",
-         lambda r: seg(r, "-o", r / "out", "--overlay", r / "o.gif"), "give a video file name",
-         absent=("out", "o.gif")),
-    Case("output-is-a-file",
-         lambda r: seg(r, "-o", r / "in" / "m.png"), "not a folder"),
-    Case("output-under-a-file",
-         lambda r: seg(r, "-o", r / "in" / "m.png" / "out"), "is a file, not a folder"),
-    Case("output-folder-busy",
-         lambda r: seg(r, "-o", r / "busy"), "another vostrack run is writing",
-         hold=lambda r: _locked(r / "busy")),
+    Case(
+        "overlay-is-an-existing-folder",
+        lambda r: seg(
+            r, "-o", r / "out", "--overlay", (r / "dir.mp4").mkdir() or r / "dir.mp4", "--overwrite"
+        ),
+        "is a folder",
+        absent=("out",),
+    ),
+    Case(
+        "overlay-in-a-missing-folder",
+        lambda r: seg(r, "-o", r / "out", "--overlay", r / "nowhere" / "o.mp4"),
+        "does not exist",
+        absent=("out",),
+    ),
+    Case(
+        "overlay-under-a-file",
+        lambda r: seg(r, "-o", r / "out", "--overlay", r / "in" / "m.png" / "o.mp4"),
+        "is a file, not a folder",
+        absent=("out",),
+    ),
+    Case(
+        "overlay-not-a-video-name",
+        lambda r: seg(r, "-o", r / "out", "--overlay", r / "o.gif"),
+        "give a video file name",
+        absent=("out", "o.gif"),
+    ),
+    Case("output-is-a-file", lambda r: seg(r, "-o", r / "in" / "m.png"), "not a folder"),
+    Case(
+        "output-under-a-file",
+        lambda r: seg(r, "-o", r / "in" / "m.png" / "out"),
+        "is a file, not a folder",
+    ),
+    Case(
+        "output-folder-busy",
+        lambda r: seg(r, "-o", r / "busy"),
+        "another vostrack run is writing",
+        hold=lambda r: _locked(r / "busy"),
+    ),
     # --- inputs found bad before any frame is written (item 9)
-    Case("frames-of-two-sizes", _two_sizes, "all frames of a folder must have one size",
-         absent=("out",)),
+    Case(
+        "frames-of-two-sizes",
+        _two_sizes,
+        "all frames of a folder must have one size",
+        absent=("out",),
+    ),
     Case("an-unreadable-frame", _bad_frame, "00004.png: not a readable image", absent=("out",)),
-    Case("mask-with-16-bit-ids-above-254", _sixteen_bit_ids, "object ids above 254",
-         absent=("out",)),
+    Case(
+        "mask-with-16-bit-ids-above-254", _sixteen_bit_ids, "object ids above 254", absent=("out",)
+    ),
     Case("resume-with-another-fps", None, "frame rate was 10.0 fps, this one's 12"),
     # --- damaged models: one line, exit 2, not "unexpected" (item 8)
-    Case("model-with-a-truncated-graph",
-         lambda r: seg(r, "-o", r / "out", "--model", _damaged_model(r, _truncated_graph)),
-         "is incomplete or damaged", real_model=True, absent=("out",)),
-    Case("model-config-of-a-wrong-type",
-         lambda r: seg(r, "-o", r / "out", "--model", _damaged_model(
-             r, lambda m, _: m["config"].update(working_short_side="big"))),
-         "manifest.json", real_model=True, absent=("out",)),
-    Case("model-config-a-list",
-         lambda r: seg(r, "-o", r / "out", "--model", _damaged_model(
-             r, lambda m, _: m.update(config=[1, 2]))),
-         "config in manifest.json must be a mapping", real_model=True, absent=("out",)),
-    Case("model-manifest-a-list",
-         lambda r: seg(r, "-o", r / "out", "--model",
-                       (r / "model").mkdir() or (r / "model" / "manifest.json").write_text("[]")
-                       and r / "model"),
-         "manifest.json must hold a mapping", real_model=True, absent=("out",)),
+    Case(
+        "model-with-a-truncated-graph",
+        lambda r: seg(r, "-o", r / "out", "--model", _damaged_model(r, _truncated_graph)),
+        "is incomplete or damaged",
+        real_model=True,
+        absent=("out",),
+    ),
+    Case(
+        "model-config-of-a-wrong-type",
+        lambda r: seg(
+            r,
+            "-o",
+            r / "out",
+            "--model",
+            _damaged_model(r, lambda m, _: m["config"].update(working_short_side="big")),
+        ),
+        "manifest.json",
+        real_model=True,
+        absent=("out",),
+    ),
+    Case(
+        "model-config-a-list",
+        lambda r: seg(
+            r, "-o", r / "out", "--model", _damaged_model(r, lambda m, _: m.update(config=[1, 2]))
+        ),
+        "config in manifest.json must be a mapping",
+        real_model=True,
+        absent=("out",),
+    ),
+    Case(
+        "model-manifest-a-list",
+        lambda r: seg(
+            r,
+            "-o",
+            r / "out",
+            "--model",
+            (r / "model").mkdir()
+            or (r / "model" / "manifest.json").write_text("[]")
+            and r / "model",
+        ),
+        "manifest.json must hold a mapping",
+        real_model=True,
+        absent=("out",),
+    ),
     # --- validate and train
-    Case("validate-csv-is-a-folder",
-         lambda r: ["validate", "--data", _validate_tree(r), "--results", r / "tree",
-                    "--csv", (r / "c").mkdir() or r / "c", "--overwrite"], "is a folder"),
-    Case("validate-csv-exists",
-         lambda r: ["validate", "--data", _validate_tree(r), "--results", r / "tree",
-                    "--csv", (r / "c.csv").write_text("precious") and r / "c.csv"],
-         "already exists; use --overwrite"),
-    Case("validate-data-is-a-file",
-         lambda r: ["validate", "--data", _clip(r)[0], "--results", r], "is a file, not a folder"),
-    Case("validate-data-missing",
-         lambda r: ["validate", "--data", r / "nowhere", "--results", r], "does not exist"),
-    Case("export-onto-a-file",
-         lambda r: ["export", "--model", "default", "-o", _clip(r)[1], "--overwrite"],
-         "exists and is not a folder"),
-    Case("train-resume-of-a-finished-run",
-         lambda r: ["train", "--out", _finished_run(r), "--resume"], "the run is complete"),
+    Case(
+        "validate-csv-is-a-folder",
+        lambda r: [
+            "validate",
+            "--data",
+            _validate_tree(r),
+            "--results",
+            r / "tree",
+            "--csv",
+            (r / "c").mkdir() or r / "c",
+            "--overwrite",
+        ],
+        "is a folder",
+    ),
+    Case(
+        "validate-csv-exists",
+        lambda r: [
+            "validate",
+            "--data",
+            _validate_tree(r),
+            "--results",
+            r / "tree",
+            "--csv",
+            (r / "c.csv").write_text("precious") and r / "c.csv",
+        ],
+        "already exists; use --overwrite",
+    ),
+    Case(
+        "validate-data-is-a-file",
+        lambda r: ["validate", "--data", _clip(r)[0], "--results", r],
+        "is a file, not a folder",
+    ),
+    Case(
+        "validate-data-missing",
+        lambda r: ["validate", "--data", r / "nowhere", "--results", r],
+        "does not exist",
+    ),
+    Case(
+        "export-onto-a-file",
+        lambda r: ["export", "--model", "default", "-o", _clip(r)[1], "--overwrite"],
+        "exists and is not a folder",
+    ),
+    Case(
+        "train-resume-of-a-finished-run",
+        lambda r: ["train", "--out", _finished_run(r), "--resume"],
+        "the run is complete",
+    ),
 ]
 
 
 def _md5s(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -249,8 +375,9 @@ def test_hostile_case(tmp_path, case, monkeypatch):
 
     double = ColourPropagator()
     if not case.real_model:
-        monkeypatch.setattr("vostrack.registry.load_propagator",
-                            lambda name, *_, **__: (double, {"name": name}))
+        monkeypatch.setattr(
+            "vostrack.registry.load_propagator", lambda name, *_, **__: (double, {"name": name})
+        )
     args = _interrupted_at_fps(tmp_path, double) if case.setup is None else case.setup(tmp_path)
     held = case.hold(tmp_path) if case.hold else None
     before = _md5s(tmp_path)

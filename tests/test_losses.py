@@ -86,23 +86,34 @@ def _log_softmax(row):
 
 
 def test_mask_loss_is_the_hand_computed_cross_entropy_on_2x2():
-    logits = np.array([[[[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
-                        [[-1.0, -1.0, 3.0], [0.5, 0.5, 0.5]]]], np.float32)  # (1, 2, 2, 3)
+    logits = np.array(
+        [[[[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]], [[-1.0, -1.0, 3.0], [0.5, 0.5, 0.5]]]], np.float32
+    )  # (1, 2, 2, 3)
     labels = np.array([[[0, 1], [2, 1]]])
     valid = np.array([[True, True]])
-    expected = -np.mean([_log_softmax(logits[0, 0, 0])[0], _log_softmax(logits[0, 0, 1])[1],
-                         _log_softmax(logits[0, 1, 0])[2], _log_softmax(logits[0, 1, 1])[1]])
+    expected = -np.mean(
+        [
+            _log_softmax(logits[0, 0, 0])[0],
+            _log_softmax(logits[0, 0, 1])[1],
+            _log_softmax(logits[0, 1, 0])[2],
+            _log_softmax(logits[0, 1, 1])[1],
+        ]
+    )
     loss = mask_loss(logits, labels, valid, bootstrap_ratio=1.0, dice_weight=0.0)
     assert _f(loss) == pytest.approx(expected, rel=1e-6)
 
     # A void pixel (explicit, and the loader's 255) leaves the mean of the other three.
     void = np.array([[[False, False], [True, False]]])
-    three = -np.mean([_log_softmax(logits[0, 0, 0])[0], _log_softmax(logits[0, 0, 1])[1],
-                      _log_softmax(logits[0, 1, 1])[1]])
+    three = -np.mean(
+        [
+            _log_softmax(logits[0, 0, 0])[0],
+            _log_softmax(logits[0, 0, 1])[1],
+            _log_softmax(logits[0, 1, 1])[1],
+        ]
+    )
     assert _f(mask_loss(logits, labels, valid, void, 1.0, 0.0)) == pytest.approx(three, rel=1e-6)
     with_255 = np.where(void, 255, labels)
-    assert _f(mask_loss(logits, with_255, valid, None, 1.0, 0.0)) == pytest.approx(three,
-                                                                                   rel=1e-6)
+    assert _f(mask_loss(logits, with_255, valid, None, 1.0, 0.0)) == pytest.approx(three, rel=1e-6)
 
     # Dice by hand: object 1 at pixels (0,1), (1,1); object 2 at (1,0).
     e = np.exp(logits - logits.max(-1, keepdims=True))
@@ -112,8 +123,9 @@ def test_mask_loss_is_the_hand_computed_cross_entropy_on_2x2():
         g = (labels[0] == k).astype(np.float64)
         q = p[0, ..., k]
         dice.append(1 - (2 * (q * g).sum() + 1) / (q.sum() + g.sum() + 1))
-    total, parts = mask_loss(logits, labels, valid, bootstrap_ratio=1.0, dice_weight=0.5,
-                             return_parts=True)
+    total, parts = mask_loss(
+        logits, labels, valid, bootstrap_ratio=1.0, dice_weight=0.5, return_parts=True
+    )
     assert _f(parts["dice"]) == pytest.approx(np.mean(dice), rel=1e-5)
     assert _f(total) == pytest.approx(expected + 0.5 * np.mean(dice), rel=1e-5)
 
@@ -130,26 +142,30 @@ def test_invalid_objects_are_masked_out():
     loss = _f(mask_loss(logits, labels, valid, None, 1.0, 0.5))
     garbage = logits.copy()
     garbage[0, ..., 2] = np.nan  # the padded channel may hold anything
-    assert _f(mask_loss(garbage, labels, valid, None, 1.0, 0.5)) == pytest.approx(loss,
-                                                                                  rel=1e-6)
+    assert _f(mask_loss(garbage, labels, valid, None, 1.0, 0.5)) == pytest.approx(loss, rel=1e-6)
     garbage[0, ..., 2] = 1e4
-    assert _f(mask_loss(garbage, labels, valid, None, 1.0, 0.5)) == pytest.approx(loss,
-                                                                                  rel=1e-6)
+    assert _f(mask_loss(garbage, labels, valid, None, 1.0, 0.5)) == pytest.approx(loss, rel=1e-6)
 
     # Image 0 alone equals a 2-class problem on its valid pixels.
     alone = _f(mask_loss(logits[:1], labels[:1], valid[:1], None, 1.0, 0.0))
-    two_class = _f(mask_loss(logits[:1, ..., :2], np.where(void[:1], 0, labels[:1]),
-                             valid[:1, :1], void[:1], 1.0, 0.0))
+    two_class = _f(
+        mask_loss(
+            logits[:1, ..., :2],
+            np.where(void[:1], 0, labels[:1]),
+            valid[:1, :1],
+            void[:1],
+            1.0,
+            0.0,
+        )
+    )
     assert alone == pytest.approx(two_class, rel=1e-6)
     # Without masking the third channel would take probability: the result would differ.
-    unmasked = _f(mask_loss(logits[:1], labels[:1], np.array([[True, True]]), void[:1], 1.0,
-                            0.0))
+    unmasked = _f(mask_loss(logits[:1], labels[:1], np.array([[True, True]]), void[:1], 1.0, 0.0))
     assert abs(unmasked - two_class) > 1e-3
 
     # Gradients: zero on the invalid channel, finite elsewhere, even with NaN there.
     garbage[0, ..., 2] = np.nan
-    _, grad = _value_and_grad(
-        lambda x: mask_loss(x, labels, valid, None, 0.5, 0.5), garbage)
+    _, grad = _value_and_grad(lambda x: mask_loss(x, labels, valid, None, 0.5, 0.5), garbage)
     assert np.all(np.isfinite(grad))
     assert np.all(grad[0, ..., 2] == 0)
     assert np.any(grad[1, ..., 2] != 0)
@@ -170,10 +186,12 @@ def test_bootstrapping_takes_the_hardest_pixels():
     assert boot == pytest.approx(top_quarter, rel=1e-5)
     # A traced ratio (annealed in the step) gives the same; 1.0 as a tensor is the plain mean.
     tensor = ops.convert_to_tensor(0.25)
-    assert _f(mask_loss(logits, labels, valid, None, tensor, 0.0)) == \
-        pytest.approx(top_quarter, rel=1e-5)
-    assert _f(mask_loss(logits, labels, valid, None, ops.convert_to_tensor(1.0), 0.0)) == \
-        pytest.approx(pixel.mean(), rel=1e-5)
+    assert _f(mask_loss(logits, labels, valid, None, tensor, 0.0)) == pytest.approx(
+        top_quarter, rel=1e-5
+    )
+    assert _f(
+        mask_loss(logits, labels, valid, None, ops.convert_to_tensor(1.0), 0.0)
+    ) == pytest.approx(pixel.mean(), rel=1e-5)
     with pytest.raises(ValueError, match="void"):
         mask_loss(logits, labels, valid, tensor)  # a ratio passed as the void mask
 
@@ -200,8 +218,7 @@ def test_dice_of_a_perfect_prediction_is_zero():
     assert _f(total) < 1e-6
     # Swapping the objects is as wrong as can be: Dice near 1.
     swapped = perfect[..., [0, 2, 1]]
-    _, parts = mask_loss(swapped, labels, np.array([[True, True], [True, True]]),
-                         return_parts=True)
+    _, parts = mask_loss(swapped, labels, np.array([[True, True], [True, True]]), return_parts=True)
     assert _f(parts["dice"]) > 0.9
 
 
@@ -293,8 +310,9 @@ def test_tracking_targets_agree_with_the_numpy_reference():
         assert weights[i].sum() == pytest.approx(1.0, rel=1e-5)
     assert labels[:-1].sum(axis=(1, 2)).min() > 0  # the moved parts have positives...
     assert labels[-1].sum() == 0  # ...the one that left has none
-    np.testing.assert_allclose(offsets, encode_offsets(target, previous, windows, T, X),
-                               rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        offsets, encode_offsets(target, previous, windows, T, X), rtol=1e-5, atol=1e-4
+    )
 
     # A radius covering the map: one class only, which carries the whole weight.
     everything = tracking_targets(windows, target, R, T, X, 100.0, previous_boxes=previous)
@@ -331,8 +349,9 @@ def test_tracking_loss_prefers_the_peak_on_the_target():
     labels, weights, offsets = (_np(out[k]) for k in ("labels", "weights", "offsets"))
     centres = [np.argwhere(labels[i] > 0).mean(0) for i in range(5)]
     on_target = np.stack([_peaked_response(c) for c in centres] + [_peaked_response((6, 6))])
-    away = np.stack([_peaked_response((c[0] + 5, c[1] - 5)) for c in centres]
-                    + [_peaked_response((6, 6))])
+    away = np.stack(
+        [_peaked_response((c[0] + 5, c[1] - 5)) for c in centres] + [_peaked_response((6, 6))]
+    )
     zeros = np.zeros((6, R, R, 4), np.float32)
     good = _f(tracking_loss(on_target, zeros, labels, weights, offsets, valid))
     bad = _f(tracking_loss(away, zeros, labels, weights, offsets, valid))
@@ -342,20 +361,34 @@ def test_tracking_loss_prefers_the_peak_on_the_target():
     predicted = offsets.copy()
     predicted[5] = np.nan
     on_target[5] = np.nan
-    _, parts = tracking_loss(on_target, predicted, labels, weights, offsets, valid,
-                             return_parts=True)
+    _, parts = tracking_loss(
+        on_target, predicted, labels, weights, offsets, valid, return_parts=True
+    )
     assert _f(parts["offsets"]) == pytest.approx(0.0, abs=1e-7)
-    _, parts = tracking_loss(on_target, zeros, labels, weights, offsets, valid,
-                             return_parts=True)
+    _, parts = tracking_loss(on_target, zeros, labels, weights, offsets, valid, return_parts=True)
     assert _f(parts["offsets"]) > 0.01
     # Only the positive cells regress (SiamRPN): garbage elsewhere costs nothing, and an error of
     # 0.5 on each coordinate costs 4 * smooth_l1(0.5) = 4 * (0.5 - 1/18) per part.
     positive = labels[..., None] > 0
-    _, parts = tracking_loss(on_target, np.where(positive, offsets, 100.0), labels, weights,
-                             offsets, valid, return_parts=True)
+    _, parts = tracking_loss(
+        on_target,
+        np.where(positive, offsets, 100.0),
+        labels,
+        weights,
+        offsets,
+        valid,
+        return_parts=True,
+    )
     assert _f(parts["offsets"]) == pytest.approx(0.0, abs=1e-7)
-    _, parts = tracking_loss(on_target, np.where(positive, offsets + 0.5, 100.0), labels,
-                             weights, offsets, valid, return_parts=True)
+    _, parts = tracking_loss(
+        on_target,
+        np.where(positive, offsets + 0.5, 100.0),
+        labels,
+        weights,
+        offsets,
+        valid,
+        return_parts=True,
+    )
     assert _f(parts["offsets"]) == pytest.approx(4 * (0.5 - 1 / 18), rel=1e-5)
 
 
@@ -367,14 +400,18 @@ def test_gradient_descent_lowers_each_loss():
     labels = rng.integers(0, 3, size=(2, 8, 8))
     object_valid = np.array([[True, True], [True, False]])
     logits = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
-    values = _descend(lambda x: mask_loss(x, labels, object_valid, bootstrap_ratio=0.25),
-                      logits, lr=20.0)
+    values = _descend(
+        lambda x: mask_loss(x, labels, object_valid, bootstrap_ratio=0.25), logits, lr=20.0
+    )
     assert all(b < a for a, b in zip(values, values[1:])), values
 
     targets = (rng.random((3, 8, 8, 1)) > 0.5).astype(np.float32)
     part_valid = np.array([True, True, False])
-    values = _descend(lambda x: part_mask_loss(x, targets, part_valid),
-                      rng.normal(size=(3, 8, 8, 1)).astype(np.float32), lr=20.0)
+    values = _descend(
+        lambda x: part_mask_loss(x, targets, part_valid),
+        rng.normal(size=(3, 8, 8, 1)).astype(np.float32),
+        lr=20.0,
+    )
     assert all(b < a for a, b in zip(values, values[1:])), values
 
     windows, target, previous = _tracking_case()
@@ -382,11 +419,19 @@ def test_gradient_descent_lowers_each_loss():
     out = tracking_targets(windows, target, R, T, X, previous_boxes=previous, valid=valid)
     labels_t, weights_t, offsets_t = (_np(out[k]) for k in ("labels", "weights", "offsets"))
     response = rng.normal(size=(6, R, R, 1)).astype(np.float32)
-    values = _descend(lambda x: tracking_loss(x, np.zeros((6, R, R, 4), np.float32), labels_t,
-                                              weights_t, offsets_t, valid), response, lr=2.0)
+    values = _descend(
+        lambda x: tracking_loss(
+            x, np.zeros((6, R, R, 4), np.float32), labels_t, weights_t, offsets_t, valid
+        ),
+        response,
+        lr=2.0,
+    )
     assert all(b < a for a, b in zip(values, values[1:])), values
-    values = _descend(lambda x: tracking_loss(response, x, labels_t, weights_t, offsets_t,
-                                              valid), np.zeros((6, R, R, 4), np.float32), lr=2.0)
+    values = _descend(
+        lambda x: tracking_loss(response, x, labels_t, weights_t, offsets_t, valid),
+        np.zeros((6, R, R, 4), np.float32),
+        lr=2.0,
+    )
     assert all(b < a for a, b in zip(values, values[1:])), values
 
 
@@ -394,8 +439,9 @@ def test_gradient_descent_lowers_each_loss():
 
 
 def test_warmup_cosine_values_and_serialisation():
-    schedule = WarmupCosine(peak_lr=1e-3, total_steps=1000, warmup_steps=100, floor_lr=1e-5,
-                            warmup_start_lr=1e-6)
+    schedule = WarmupCosine(
+        peak_lr=1e-3, total_steps=1000, warmup_steps=100, floor_lr=1e-5, warmup_start_lr=1e-6
+    )
     assert _f(schedule(0)) == pytest.approx(1e-6)
     assert _f(schedule(50)) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6), rel=1e-5)
     assert _f(schedule(100)) == pytest.approx(1e-3, rel=1e-6)  # end of warm-up: the peak
@@ -534,7 +580,9 @@ def test_losses_agree_under_the_jax_backend(tmp_path):
         "part_logits": rng.normal(size=(3, 8, 8, 1)).astype(np.float32),
         "part_targets": rng.random((3, 8, 8, 1)).astype(np.float32),
         "part_valid": np.array([True, False, True]),
-        "windows": windows, "target": target, "previous": previous,
+        "windows": windows,
+        "target": target,
+        "previous": previous,
         "track_valid": np.array([True, True, True, False, True, True]),
         "response": rng.normal(size=(6, R, R, 1)).astype(np.float32),
         "offsets": rng.normal(size=(6, R, R, 4)).astype(np.float32),
@@ -545,23 +593,40 @@ def test_losses_agree_under_the_jax_backend(tmp_path):
     jax_out = np.load(tmp_path / "outputs.npz")
 
     ratio = ops.convert_to_tensor(np.float32(0.25))
-    mask, parts = mask_loss(case["logits"], case["labels"], case["object_valid"], case["void"],
-                            ratio, 0.5, return_parts=True)
+    mask, parts = mask_loss(
+        case["logits"],
+        case["labels"],
+        case["object_valid"],
+        case["void"],
+        ratio,
+        0.5,
+        return_parts=True,
+    )
     assert float(jax_out["mask"]) == pytest.approx(_f(mask), rel=1e-5)
     assert float(jax_out["mask_ce"]) == pytest.approx(_f(parts["ce"]), rel=1e-5)
     assert float(jax_out["mask_dice"]) == pytest.approx(_f(parts["dice"]), rel=1e-5)
     part = part_mask_loss(case["part_logits"], case["part_targets"], case["part_valid"])
     assert float(jax_out["part"]) == pytest.approx(_f(part), rel=1e-5)
-    t = tracking_targets(windows, target, R, T, X, 2.0, previous_boxes=previous,
-                         valid=case["track_valid"])
+    t = tracking_targets(
+        windows, target, R, T, X, 2.0, previous_boxes=previous, valid=case["track_valid"]
+    )
     for key in ("labels", "weights", "offsets"):
         np.testing.assert_allclose(jax_out["t_" + key], _np(t[key]), rtol=1e-5, atol=1e-5)
-    track = tracking_loss(case["response"], case["offsets"], t["labels"], t["weights"],
-                          t["offsets"], case["track_valid"])
+    track = tracking_loss(
+        case["response"],
+        case["offsets"],
+        t["labels"],
+        t["weights"],
+        t["offsets"],
+        case["track_valid"],
+    )
     assert float(jax_out["track"]) == pytest.approx(_f(track), rel=1e-5)
-    _, grad = _value_and_grad(lambda x: mask_loss(x, case["labels"], case["object_valid"],
-                                                  case["void"], ratio), case["logits"])
+    _, grad = _value_and_grad(
+        lambda x: mask_loss(x, case["labels"], case["object_valid"], case["void"], ratio),
+        case["logits"],
+    )
     np.testing.assert_allclose(jax_out["grad"], grad, rtol=1e-4, atol=1e-7)
     schedule = WarmupCosine(1e-3, 1000, 100, 1e-5)
-    np.testing.assert_allclose(jax_out["lr"], [_f(schedule(s)) for s in (0, 50, 100, 550, 1000)],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        jax_out["lr"], [_f(schedule(s)) for s in (0, 50, 100, 550, 1000)], rtol=1e-6
+    )

@@ -45,7 +45,9 @@ def test_lossy_grayscale_is_thresholded_with_a_warning(tmp_path, caplog):
     Image.fromarray(gray, mode="L").save(tmp_path / "soft.png")
     with caplog.at_level(logging.WARNING):
         labels = MaskReader().read(tmp_path / "soft.png")
-    assert set(np.unique(labels)) == {0, 1} and np.array_equal(labels, (gray >= 128).astype(np.uint8))
+    assert set(np.unique(labels)) == {0, 1} and np.array_equal(
+        labels, (gray >= 128).astype(np.uint8)
+    )
     assert "one object" in caplog.text
 
 
@@ -119,7 +121,9 @@ def test_masks_of_one_frame_that_disagree(tmp_path, folder):
 
 
 def test_size_tolerance(tmp_path, folder, caplog):
-    near = write_mask(tmp_path / "near.png", cv2.resize(LABELS, (7, 5), interpolation=cv2.INTER_NEAREST))
+    near = write_mask(
+        tmp_path / "near.png", cv2.resize(LABELS, (7, 5), interpolation=cv2.INTER_NEAREST)
+    )
     with caplog.at_level(logging.WARNING):
         (ann,) = load_annotations([near], [], folder)
     assert ann.labels.shape == (6, 8) and "resizing" in caplog.text

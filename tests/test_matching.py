@@ -7,8 +7,13 @@ from keras import ops
 
 from tests.reference.matching import naive_propagation
 from vostrack.network.cosine import l2_normalize
-from vostrack.network.matching import (KEY_EPSILON, UNKNOWN, propagate_labels, read_votes,
-                                       window_indices)
+from vostrack.network.matching import (
+    KEY_EPSILON,
+    UNKNOWN,
+    propagate_labels,
+    read_votes,
+    window_indices,
+)
 
 
 def test_propagation_matches_a_naive_loop():
@@ -22,9 +27,20 @@ def test_propagation_matches_a_naive_loop():
     local = np.array([False, True, True])
     valid = np.array([True, True, False])
     ref, rec = ~local, local
-    got = ops.convert_to_numpy(propagate_labels(query, keys[ref], probs[ref], valid[ref],
-                                                keys[rec], probs[rec], valid[rec], radius=1,
-                                                top_k=4, temperature=0.1))
+    got = ops.convert_to_numpy(
+        propagate_labels(
+            query,
+            keys[ref],
+            probs[ref],
+            valid[ref],
+            keys[rec],
+            probs[rec],
+            valid[rec],
+            radius=1,
+            top_k=4,
+            temperature=0.1,
+        )
+    )
     want = naive_propagation(query, keys, probs, local, valid, 1, 4, 0.1)
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
@@ -34,9 +50,20 @@ def test_fewer_allowed_matches_than_top_k_do_not_vote_with_garbage():
     query = np.ones((1, 2, 4), np.float32) / 2
     keys = np.ones((1, 1, 2, 4), np.float32) / 2
     probs = np.array([[[[0, 1], [1, 0]]]], np.float32)
-    got = ops.convert_to_numpy(propagate_labels(query, keys, probs, np.array([False]), keys,
-                                                probs, np.array([True]), radius=0, top_k=2,
-                                                temperature=0.05))
+    got = ops.convert_to_numpy(
+        propagate_labels(
+            query,
+            keys,
+            probs,
+            np.array([False]),
+            keys,
+            probs,
+            np.array([True]),
+            radius=0,
+            top_k=2,
+            temperature=0.05,
+        )
+    )
     np.testing.assert_allclose(got[0], [[0, 1], [1, 0]], atol=1e-6)  # each only sees itself
 
 
@@ -60,8 +87,9 @@ def test_votes_of_frames_that_never_saw_an_object_do_not_count_against_it():
     out = ops.convert_to_numpy(read_votes(weights, votes))[0]
     np.testing.assert_allclose(out, [0.0, 0.0, 1.0], atol=1e-6)
     everyone_knows = np.array([[[1.0, 0.0, 0.0], [0.0, 0.2, 0.8]]], np.float32)
-    np.testing.assert_allclose(ops.convert_to_numpy(read_votes(weights, everyone_knows))[0],
-                               [0.5, 0.1, 0.4], atol=1e-6)  # = sum_j w_j p_j, as before
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(read_votes(weights, everyone_knows))[0], [0.5, 0.1, 0.4], atol=1e-6
+    )  # = sum_j w_j p_j, as before
 
 
 def test_a_reference_share_mixes_the_two_groups_own_reads():
@@ -75,9 +103,21 @@ def test_a_reference_share_mixes_the_two_groups_own_reads():
     on = np.array([True, True, True])
 
     def share(s, recent_valid=on[1:]):
-        return ops.convert_to_numpy(propagate_labels(
-            query, keys[:1], probs[:1], on[:1], keys[1:], probs[1:], recent_valid, radius=1,
-            top_k=3, temperature=0.1, reference_share=s))
+        return ops.convert_to_numpy(
+            propagate_labels(
+                query,
+                keys[:1],
+                probs[:1],
+                on[:1],
+                keys[1:],
+                probs[1:],
+                recent_valid,
+                radius=1,
+                top_k=3,
+                temperature=0.1,
+                reference_share=s,
+            )
+        )
 
     alone_ref = naive_propagation(query, keys, probs, local, [True, False, False], 1, 3, 0.1)
     alone_recent = naive_propagation(query, keys, probs, local, [False, True, True], 1, 3, 0.1)

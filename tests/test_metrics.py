@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from vostrack.evaluation.metrics import (boundary_f, boundary_tolerance, disk, jaccard, seg2bmap,
-                                         statistics)
+from vostrack.evaluation.metrics import (
+    boundary_f,
+    boundary_tolerance,
+    disk,
+    jaccard,
+    seg2bmap,
+    statistics,
+)
 
 H, W = 480, 854  # DAVIS 480p, where the official tolerance is 8 px
 
@@ -117,13 +123,16 @@ def test_seg2bmap_small_square():
     seg = np.zeros((5, 5), dtype=bool)
     seg[1:3, 1:3] = True
     # A pixel is boundary when it differs from its right, lower or lower-right neighbour.
-    expected = np.array([
-        [1, 1, 1, 0, 0],
-        [1, 0, 1, 0, 0],
-        [1, 1, 1, 0, 0],
-        [0, 0, 0, 0, 0],
-        [0, 0, 0, 0, 0],
-    ], dtype=bool)
+    expected = np.array(
+        [
+            [1, 1, 1, 0, 0],
+            [1, 0, 1, 0, 0],
+            [1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],
+        ],
+        dtype=bool,
+    )
     np.testing.assert_array_equal(seg2bmap(seg), expected)
 
 
@@ -205,8 +214,9 @@ def test_boundary_known_value():
     assert 0.5 < f < 0.9
     # A shape with curves and a hole, shifted beyond the tolerance.
     shifted = np.roll(blob(), (6, 9), axis=(0, 1))
-    assert boundary_f(blob(), shifted) == pytest.approx(_brute_force_f(blob(), shifted, 8),
-                                                        abs=1e-12)
+    assert boundary_f(blob(), shifted) == pytest.approx(
+        _brute_force_f(blob(), shifted, 8), abs=1e-12
+    )
 
 
 def test_boundary_void_is_removed_before_boundaries():

@@ -22,7 +22,7 @@ def _coverage(mask: np.ndarray, boxes: np.ndarray, valid: np.ndarray) -> float:
 
 def _rectangle(height=120, width=160, box=(20, 30, 90, 140)) -> np.ndarray:
     mask = np.zeros((height, width), bool)
-    mask[box[0]:box[2], box[1]:box[3]] = True
+    mask[box[0] : box[2], box[1] : box[3]] = True
     return mask
 
 
@@ -106,26 +106,31 @@ def test_kmeans_parts_are_split_mask_parts():
     yy, xx = np.mgrid[:150, :150]
     masks.append((yy - 70) ** 2 / 900 + (xx - 80) ** 2 / 3600 < 1)
     for seed in range(6):
-        labels = Scene(SceneConfig(height=192, width=256, num_frames=1, num_objects=3,
-                                   seed=seed)).render(0).labels
+        labels = (
+            Scene(SceneConfig(height=192, width=256, num_frames=1, num_objects=3, seed=seed))
+            .render(0)
+            .labels
+        )
         masks += [labels == k for k in (1, 2, 3)]
     config = P.PartsConfig(min_part_area=400.0)
     for mask in masks:
         parts = P.split_mask(mask, config)
         split = P.kmeans_parts(mask, config)
         boxes, centres = split.boxes, split.centres
-        np.testing.assert_array_equal(boxes, parts.boxes[:parts.count])
+        np.testing.assert_array_equal(boxes, parts.boxes[: parts.count])
         assert centres.shape == (parts.count, 2)
         # Centres lie inside their part's box.
         assert np.all(centres >= boxes[:, :2]) and np.all(centres <= boxes[:, 2:])
         # Assigning the mask's pixels to the cluster centres (in cluster order) gives the parts.
         rows, cols = np.nonzero(mask)
-        part = split.cluster_part[P.nearest_centre(np.stack([rows, cols], 1) + 0.5,
-                                                   split.cluster_centres)]
+        part = split.cluster_part[
+            P.nearest_centre(np.stack([rows, cols], 1) + 0.5, split.cluster_centres)
+        ]
         for index, box in enumerate(boxes):
             sel = part == index
-            np.testing.assert_array_equal(box, [rows[sel].min(), cols[sel].min(),
-                                                rows[sel].max() + 1, cols[sel].max() + 1])
+            np.testing.assert_array_equal(
+                box, [rows[sel].min(), cols[sel].min(), rows[sel].max() + 1, cols[sel].max() + 1]
+            )
     empty = P.kmeans_parts(np.zeros((8, 8), bool), config)
     assert empty.boxes.shape == (0, 4) and empty.centres.shape == (0, 2)
 
@@ -154,17 +159,19 @@ def test_box_helpers():
     cy, cx, h, w = R.box_centres_sizes(window)
     np.testing.assert_allclose([cy[0], cx[0]], [20, 40])
     np.testing.assert_allclose([h[0], w[0]], [np.sqrt(50 * 70)] * 2, rtol=1e-6)
-    np.testing.assert_allclose(R.expand_box(box, 0.5, square=False),
-                               [[-5, 5, 45, 75]])
-    np.testing.assert_allclose(R.expand_box(np.zeros((1, 4), np.float32), min_side=8),
-                               [[-4, -4, 4, 4]])
+    np.testing.assert_allclose(R.expand_box(box, 0.5, square=False), [[-5, 5, 45, 75]])
+    np.testing.assert_allclose(
+        R.expand_box(np.zeros((1, 4), np.float32), min_side=8), [[-4, -4, 4, 4]]
+    )
     search = R.search_window(box, context=0.5, factor=3)
     np.testing.assert_allclose(R.box_centres_sizes(search)[2], 3 * h, rtol=1e-6)
-    np.testing.assert_allclose(R.clip_boxes(np.array([[-5, 3, 50, 200]]), 40, 100),
-                               [[0, 3, 40, 100]])
+    np.testing.assert_allclose(
+        R.clip_boxes(np.array([[-5, 3, 50, 200]]), 40, 100), [[0, 3, 40, 100]]
+    )
     coords = np.array([0.0, 7.5, 100.0])
-    np.testing.assert_allclose(R.feature_to_pixel(R.pixel_to_feature(coords, 8), 8), coords,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        R.feature_to_pixel(R.pixel_to_feature(coords, 8), 8), coords, atol=1e-5
+    )
     # Cell 0 at stride 8 is centred on pixel 7 (continuous 7.5), cell 2 on pixel 23.
     np.testing.assert_allclose(R.feature_to_pixel(np.array([0, 2]), 8), [7.5, 23.5])
 
@@ -197,8 +204,14 @@ def test_cell_centre_convention_holds_on_the_backbone():
         centre_pixel = (rows[0] + rows[-1]) / 2
         assert centre_pixel == stride * j + stride - 1
         # The convention the graph computes with (vostrack.network.boxes).
-        assert float(keras.ops.convert_to_numpy(feature_to_pixel(
-            keras.ops.convert_to_tensor([j], "float32"), stride))[0]) == centre_pixel + 0.5
+        assert (
+            float(
+                keras.ops.convert_to_numpy(
+                    feature_to_pixel(keras.ops.convert_to_tensor([j], "float32"), stride)
+                )[0]
+            )
+            == centre_pixel + 0.5
+        )
 
 
 def test_response_geometry_round_trip_and_centre():
@@ -208,8 +221,9 @@ def test_response_geometry_round_trip_and_centre():
     assert r == 17
     centre = R.response_to_pixel(np.array([(r - 1) / 2]), window[:, 0], 96.0, t, x)
     np.testing.assert_allclose(centre, [148.0])  # the window's centre: no motion
-    np.testing.assert_allclose(R.response_to_pixel(np.array([9.0]), window[:, 0], 96.0, t, x),
-                               [152.0])  # one cell = one sample spacing
+    np.testing.assert_allclose(
+        R.response_to_pixel(np.array([9.0]), window[:, 0], 96.0, t, x), [152.0]
+    )  # one cell = one sample spacing
     coords = np.array([123.4, 150.0])
     back = R.response_to_pixel(R.pixel_to_response(coords, 100.0, 96.0, t, x), 100.0, 96.0, t, x)
     np.testing.assert_allclose(back, coords, atol=1e-4)
@@ -278,8 +292,9 @@ def test_decode_keeps_invalid_parts():
     previous = np.array([[10, 10, 30, 30], [0, 0, 0, 0]], np.float32)
     window = R.search_window(previous, 0.5, 3.0)
     response = _planted(r, (3, 13), n=2)
-    boxes, scores = R.decode_response(response, window, previous, t, x,
-                                      valid=np.array([True, False]))
+    boxes, scores = R.decode_response(
+        response, window, previous, t, x, valid=np.array([True, False])
+    )
     assert not np.allclose(boxes[0], previous[0])
     np.testing.assert_array_equal(boxes[1], previous[1])
     assert scores[1] == 0 and scores[0] > 0.5

@@ -16,8 +16,9 @@ from vostrack.network.vos import VosNetwork, load_network
 from vostrack.registry import read_manifest
 from vostrack.serving.export import export_model
 
-CONFIG = ModelConfig(name="tiny-parts", working_short_side=96,
-                     parts=PartsModelConfig(max_parts=3, min_part_area=256))
+CONFIG = ModelConfig(
+    name="tiny-parts", working_short_side=96, parts=PartsModelConfig(max_parts=3, min_part_area=256)
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,17 @@ def network():
 
 @pytest.fixture(scope="module")
 def clip():
-    return make_clip(SceneConfig(height=96, width=160, num_frames=6, num_objects=2, seed=3,
-                                 object_size=(0.25, 0.3), appear_at={2: 2}))
+    return make_clip(
+        SceneConfig(
+            height=96,
+            width=160,
+            num_frames=6,
+            num_objects=2,
+            seed=3,
+            object_size=(0.25, 0.3),
+            appear_at={2: 2},
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -47,8 +57,9 @@ def eager():
 def run(propagator, frames, labels):
     """Object 1 annotated on frame 0, object 2 (which appears later) on frame 2."""
     reference = propagator.encode_reference(frames[0], np.where(labels[0] == 1, 1, 0))
-    state = propagator.initial_state(frames[0], np.where(labels[0] == 1, 1, 0), reference,
-                                     encoded=True)
+    state = propagator.initial_state(
+        frames[0], np.where(labels[0] == 1, 1, 0), reference, encoded=True
+    )
     masks, states = [labels[0]], [state]
     for t in range(1, len(frames)):
         predicted, state = propagator.step(frames[t], reference, state)
@@ -85,8 +96,9 @@ def test_without_the_tracker_the_parts_follow_the_objects_mask(network, clip):
 
     frames, labels = clip
     config = network.config
-    network.config = dataclasses.replace(config, parts=dataclasses.replace(config.parts,
-                                                                           track=False))
+    network.config = dataclasses.replace(
+        config, parts=dataclasses.replace(config.parts, track=False)
+    )
     try:
         runtime = KerasRuntime(network)
         given, moved = [], []
@@ -118,10 +130,9 @@ def test_without_the_tracker_the_parts_follow_the_objects_mask(network, clip):
             ys, xs = np.nonzero(mask)
             now = np.array([ys.mean(), xs.mean()]), np.sqrt(mask.sum())
             then_cy, then_cx, then_side = parts.anchors[rows][0]
-            centres = lambda b: np.stack([b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], 1) / 2
-            expected = ((centres(parts.boxes[rows]) - [then_cy, then_cx]) * now[1] / then_side
-                        + now[0])
-            np.testing.assert_allclose(centres(states[t].part_boxes[rows]), expected, atol=1e-3)
+            moved = (_centres(parts.boxes[rows]) - [then_cy, then_cx]) * now[1] / then_side
+            expected = moved + now[0]
+            np.testing.assert_allclose(_centres(states[t].part_boxes[rows]), expected, atol=1e-3)
             checked += 1
     assert checked >= 2  # not vacuous: predicted masks were there to follow
 
@@ -137,8 +148,7 @@ def test_frozen_graph_agrees_with_keras(network, clip, tmp_path):
     for t in range(len(frames)):
         a, b = keras_masks[t] > 0, frozen_masks[t] > 0
         assert (a & b).sum() / max((a | b).sum(), 1) > 0.99, t
-    np.testing.assert_allclose(frozen_states[-1].part_boxes, keras_states[-1].part_boxes,
-                               atol=0.05)
+    np.testing.assert_allclose(frozen_states[-1].part_boxes, keras_states[-1].part_boxes, atol=0.05)
     reloaded = load_network(exported, CONFIG, manifest["files"]["keras_weights"])
     weights = [w.numpy() if hasattr(w, "numpy") else np.asarray(w) for w in reloaded.weights]
     assert len(weights) == len(network.weights)
@@ -157,5 +167,11 @@ def test_a_batch_of_frames_encodes_as_each_frame_alone(network, clip):
         picked = network.frame_features(together, t)
         for name, value in alone.items():
             assert picked[name].shape == value.shape, name
-            np.testing.assert_allclose(np.asarray(picked[name]), np.asarray(value), atol=2e-4,
-                                       err_msg=name)
+            np.testing.assert_allclose(
+                np.asarray(picked[name]), np.asarray(value), atol=2e-4, err_msg=name
+            )
+
+
+def _centres(boxes: np.ndarray) -> np.ndarray:
+    """(cy, cx) of [y0, x0, y1, x1] boxes."""
+    return np.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], 1) / 2

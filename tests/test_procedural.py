@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from vostrack.data.procedural import (
-    SceneConfig,
     Scene,
+    SceneConfig,
     SceneFrame,
     iter_scene,
     make_clip,
@@ -35,6 +35,7 @@ def _dilate(mask: np.ndarray) -> np.ndarray:
 
 
 # ---- determinism, shapes, streaming ------------------------------------------------------------
+
 
 def test_same_seed_same_clip_and_different_seed_different_clip():
     frames_a, labels_a = make_clip(_config(seed=5))
@@ -94,6 +95,7 @@ def test_value_noise_is_periodic_and_normalised():
 
 # ---- presence, appearance, frame borders -------------------------------------------------------
 
+
 def test_objects_absent_before_appear_at_and_after_disappear_at():
     cfg = _config(num_frames=20, appear_at={2: 5, 3: 9}, disappear_at={1: 15})
     scene = Scene(cfg)
@@ -121,8 +123,11 @@ def test_visible_area_nonzero_whenever_not_covered():
         out = scene.render(t, amodal=True)
         for obj_id in range(1, 5):
             full = out.amodal[obj_id - 1]
-            front = out.depth_order[out.depth_order.index(obj_id) + 1:] \
-                if obj_id in out.depth_order else ()
+            front = (
+                out.depth_order[out.depth_order.index(obj_id) + 1 :]
+                if obj_id in out.depth_order
+                else ()
+            )
             covered = np.zeros_like(full)
             for j in front:
                 covered |= out.amodal[j - 1]
@@ -134,14 +139,25 @@ def test_visible_area_nonzero_whenever_not_covered():
 
 
 def test_objects_stay_inside_unless_allowed_to_leave():
-    inside = Scene(_config(height=120, width=160, num_frames=60, seed=4, speed=0.03,
-                           object_size=(0.1, 0.15)))
+    inside = Scene(
+        _config(height=120, width=160, num_frames=60, seed=4, speed=0.03, object_size=(0.1, 0.15))
+    )
     for t in range(0, 60, 3):
         full = inside.render(t, amodal=True).amodal.any(axis=0)
         assert not (full[0].any() or full[-1].any() or full[:, 0].any() or full[:, -1].any())
 
-    leaving = Scene(_config(height=120, width=160, num_frames=60, seed=4, speed=0.03,
-                            object_size=(0.1, 0.15), leave_frame=True, exit_fraction=0.5))
+    leaving = Scene(
+        _config(
+            height=120,
+            width=160,
+            num_frames=60,
+            seed=4,
+            speed=0.03,
+            object_size=(0.1, 0.15),
+            leave_frame=True,
+            exit_fraction=0.5,
+        )
+    )
     touched = 0
     for t in range(0, 60, 3):
         full = leaving.render(t, amodal=True).amodal.any(axis=0)
@@ -150,6 +166,7 @@ def test_objects_stay_inside_unless_allowed_to_leave():
 
 
 # ---- occlusion -----------------------------------------------------------------------------------
+
 
 def test_occlusion_happens_and_only_the_front_object_is_labelled():
     # Big objects in a small frame: they must cross.
@@ -195,6 +212,7 @@ def test_depth_order_changes_when_configured():
 
 # ---- labels agree with the pixels ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("antialias", [False, True])
 def test_labelled_pixels_carry_the_objects_texture(antialias):
     cfg = _config(num_frames=20, seed=8, object_size=(0.25, 0.35), antialias=antialias)
@@ -214,7 +232,7 @@ def test_labelled_pixels_carry_the_objects_texture(antialias):
                 # ... and nothing beyond its shape's soft edge; changes away from its visible
                 # pixels only show through the soft edges of objects in front of it.
                 assert not (changed & ~_dilate(out.amodal[obj_id - 1])).any()
-                in_front = out.depth_order[out.depth_order.index(obj_id) + 1:]
+                in_front = out.depth_order[out.depth_order.index(obj_id) + 1 :]
                 elsewhere = changed & ~_dilate(mine)
                 assert not (elsewhere & ~_dilate(np.isin(out.labels, in_front))).any()
             else:
@@ -243,7 +261,8 @@ def test_objects_differ_from_background_and_each_other_in_colour():
         assert np.abs(a - b).max() > 25
 
 
-# ---- boxes ------------------------------------------------------------------------------------------
+# ---- boxes ---------------------------------------------------------------------------------
+
 
 def test_object_boxes_of_a_hand_made_label_map():
     labels = np.zeros((10, 12), np.uint8)
@@ -268,8 +287,12 @@ def test_boxes_match_labels_in_a_scene():
             if ys.size == 0:
                 assert boxes[obj_id - 1].tolist() == [0, 0, 0, 0]
             else:
-                assert boxes[obj_id - 1].tolist() == [xs.min(), ys.min(), xs.max() + 1,
-                                                      ys.max() + 1]
+                assert boxes[obj_id - 1].tolist() == [
+                    xs.min(),
+                    ys.min(),
+                    xs.max() + 1,
+                    ys.max() + 1,
+                ]
     frames, labels, boxes = stack_frames(rendered)
     assert frames.shape == (12, 72, 112, 3) and labels.shape == (12, 72, 112)
     assert boxes.shape == (12, 3, 4)
@@ -277,18 +300,22 @@ def test_boxes_match_labels_in_a_scene():
     assert isinstance(rendered[0], SceneFrame)
 
 
-# ---- config validation -------------------------------------------------------------------------------
+# ---- config validation ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad", [
-    dict(num_objects=0),
-    dict(num_frames=0),
-    dict(appear_at={4: 2}),
-    dict(appear_at={1: -1}),
-    dict(appear_at={1: 5}, disappear_at={1: 5}),
-    dict(shapes=("triangle",)),
-    dict(textures=()),
-    dict(object_size=(0.3, 0.1)),
-])
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(num_objects=0),
+        dict(num_frames=0),
+        dict(appear_at={4: 2}),
+        dict(appear_at={1: -1}),
+        dict(appear_at={1: 5}, disappear_at={1: 5}),
+        dict(shapes=("triangle",)),
+        dict(textures=()),
+        dict(object_size=(0.3, 0.1)),
+    ],
+)
 def test_bad_configs_are_refused(bad):
     with pytest.raises(ValueError):
         _config(**bad)

@@ -36,8 +36,9 @@ def test_outside_samples_get_the_extrapolation_value():
     features, _, _ = _random_case(2)
     # Left half of the crop lies left of the image (x < 0).
     boxes = np.array([[0.2, -1.0, 0.8, 1.0]], np.float32)
-    ours = ops.convert_to_numpy(crop_and_resize(features, boxes, np.array([1], np.int32), (3, 5),
-                                                extrapolation_value=-7.0))
+    ours = ops.convert_to_numpy(
+        crop_and_resize(features, boxes, np.array([1], np.int32), (3, 5), extrapolation_value=-7.0)
+    )
     ref = tf.image.crop_and_resize(features, boxes, [1], (3, 5), extrapolation_value=-7.0).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     assert np.all(ours[:, :, :2] == -7.0) and not np.any(ours[:, :, 2:] == -7.0)
@@ -45,8 +46,11 @@ def test_outside_samples_get_the_extrapolation_value():
 
 def test_runs_in_a_tf_graph_with_unknown_sizes():
     features, boxes, box_indices = _random_case(3)
-    (graph,) = check_traced(lambda f, b, i: crop_and_resize(f, b, i, (4, 4)),
-                            [(features, boxes, box_indices)], [ALL_BUT_LAST, (0,), (0,)])
+    (graph,) = check_traced(
+        lambda f, b, i: crop_and_resize(f, b, i, (4, 4)),
+        [(features, boxes, box_indices)],
+        [ALL_BUT_LAST, (0,), (0,)],
+    )
     ref = tf.image.crop_and_resize(features, boxes, box_indices, (4, 4)).numpy()
     np.testing.assert_allclose(graph, ref, atol=1e-5)
 

@@ -12,8 +12,15 @@ import pytest
 from tests.conftest import fails, squares_clip, write_video
 from vostrack.errors import VostrackError
 from vostrack.io.palette import write_label_png
-from vostrack.network.config import (ARCHITECTURE, BAKED, RUN_TIME, ModelConfig,
-                                     PartsModelConfig, apply_overrides, setting_kinds)
+from vostrack.network.config import (
+    ARCHITECTURE,
+    BAKED,
+    RUN_TIME,
+    ModelConfig,
+    PartsModelConfig,
+    apply_overrides,
+    setting_kinds,
+)
 
 FULL = ModelConfig(name="m", parts=PartsModelConfig())
 
@@ -35,15 +42,24 @@ def _leaves(tree, prefix=""):
 
 
 def test_apply_overrides_changes_settings_and_checks_them():
-    config = apply_overrides(FULL, ["parts.max_parts=3", "mirror_average=true",
-                                    "matching.top_k=20", "matching.reference_share=null"])
+    config = apply_overrides(
+        FULL,
+        [
+            "parts.max_parts=3",
+            "mirror_average=true",
+            "matching.top_k=20",
+            "matching.reference_share=null",
+        ],
+    )
     assert (config.parts.max_parts, config.mirror_average, config.matching.top_k) == (3, True, 20)
     assert FULL.parts.max_parts == 6  # a new config, the old one unchanged
-    cases = [(["backbone=resnet50_v2"], "defines the model"),
-             (["parts.fpn_channels=64"], "defines the model"),
-             (["matching.topk=3"], "no such setting"),
-             (["parts.max_parts=0"], "parts.max_parts must be a whole number >= 1"),
-             (["parts.max_parts"], "give KEY=VALUE")]
+    cases = [
+        (["backbone=resnet50_v2"], "defines the model"),
+        (["parts.fpn_channels=64"], "defines the model"),
+        (["matching.topk=3"], "no such setting"),
+        (["parts.max_parts=0"], "parts.max_parts must be a whole number >= 1"),
+        (["parts.max_parts"], "give KEY=VALUE"),
+    ]
     for assignments, message in cases:
         with pytest.raises(VostrackError, match=message):
             apply_overrides(FULL, assignments)
@@ -64,8 +80,9 @@ def test_segment_set_is_checked_against_the_frozen_graph_before_any_work(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_load_propagator_applies_run_time_settings_and_reads_the_former_format(tiny_model,
-                                                                            tmp_path):
+def test_load_propagator_applies_run_time_settings_and_reads_the_former_format(
+    tiny_model, tmp_path
+):
     from vostrack.inference.ensemble import MirroredPropagator
     from vostrack.registry import load_propagator
 
@@ -74,8 +91,7 @@ def test_load_propagator_applies_run_time_settings_and_reads_the_former_format(t
     manifest = json.loads((model / "manifest.json").read_text())
     manifest["format"] = "vostrack-matching/1"  # written by an earlier version
     (model / "manifest.json").write_text(json.dumps(manifest))
-    propagator, info = load_propagator(str(model), "frozen",
-                                       overrides=["matching.memory_frames=2"])
+    propagator, info = load_propagator(str(model), "frozen", overrides=["matching.memory_frames=2"])
     assert propagator.memory.config.memory_frames == 2
     assert info["overrides"] == ["matching.memory_frames=2"]
     mirrored, info = load_propagator(str(model), "frozen", mirror=True)
@@ -99,10 +115,35 @@ def test_validate_set_is_a_setting_and_image_set_the_sequence_file(tmp_path, dou
     listing = tmp_path / "val.txt"
     listing.write_text("two\n")
     fails(["validate", "--data", tmp_path / "tree", "--set", listing], "--image-set")
-    fails(["validate", "--data", tmp_path / "tree", "--results", tmp_path, "--set",
-           "parts.max_parts=2"], "with --results there is nothing to run")
-    result = CliRunner().invoke(cli, [str(a) for a in [
-        "validate", "--data", tmp_path / "tree", "--image-set", listing, "--output",
-        tmp_path / "segs", "-q", "--set", "parts.max_parts=2"]])
+    fails(
+        [
+            "validate",
+            "--data",
+            tmp_path / "tree",
+            "--results",
+            tmp_path,
+            "--set",
+            "parts.max_parts=2",
+        ],
+        "with --results there is nothing to run",
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            str(a)
+            for a in [
+                "validate",
+                "--data",
+                tmp_path / "tree",
+                "--image-set",
+                listing,
+                "--output",
+                tmp_path / "segs",
+                "-q",
+                "--set",
+                "parts.max_parts=2",
+            ]
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "segs").iterdir()) == ["two"]

@@ -25,8 +25,11 @@ from vostrack.errors import VostrackError
 from vostrack.network.parts import PartsConfig, mask_box, split_mask
 
 # stem -> (colour, shape)
-OBJECTS = {"rect": ((255, 0, 255), "rect"), "disc": ((0, 230, 230), "disc"),
-           "tri": ((250, 250, 0), "tri")}
+OBJECTS = {
+    "rect": ((255, 0, 255), "rect"),
+    "disc": ((0, 230, 230), "disc"),
+    "tri": ((250, 250, 0), "tri"),
+}
 SIZE = (96, 96)
 
 
@@ -47,8 +50,7 @@ def _write(folder, stem, colour, shape, rng, height=120, width=160, jpeg_mask=Tr
     if jpeg_mask:
         # As the Weizmann horses: a grayscale JPEG 2.5x smaller than the photo.
         small = cv2.resize(mask, (width * 2 // 5, height * 2 // 5), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(folder / "masks" / f"{stem}.jpg"), small,
-                    [cv2.IMWRITE_JPEG_QUALITY, 90])
+        cv2.imwrite(str(folder / "masks" / f"{stem}.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 90])
     else:
         cv2.imwrite(str(folder / "masks" / f"{stem}.png"), mask)
     return mask > 0
@@ -71,8 +73,15 @@ def _config(**overrides):
 
 def _eroded(mask, pixels=2):
     # Eroded from the frame border too: an object edge can lie just outside the frame.
-    return cv2.erode(mask.astype(np.uint8), np.ones((2 * pixels + 1,) * 2, np.uint8),
-                     borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+    return (
+        cv2.erode(
+            mask.astype(np.uint8),
+            np.ones((2 * pixels + 1,) * 2, np.uint8),
+            borderType=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
+        > 0
+    )
 
 
 def _colour_of(frame, mask):
@@ -101,7 +110,7 @@ def _check_clip(clip):
             np.testing.assert_array_equal(arrays["object_boxes"][t, k - 1], box)
             parts = arrays["part_boxes"][t, k - 1][arrays["part_valid"][t, k - 1]]
             assert np.all(parts[:, :2] >= box[:2]) and np.all(parts[:, 2:] <= box[2:])
-        background = _eroded((clip.labels[t] == 0))
+        background = _eroded(clip.labels[t] == 0)
         close = np.abs(frame.astype(int) - main).max(-1) <= 2
         assert not np.any(close & background), (clip.name, t)
     for k in range(1, clip.num_objects + 1):
@@ -117,14 +126,18 @@ def test_pairs_are_matched_by_stem_png_preferred(folder, caplog):
     with caplog.at_level(logging.WARNING):
         pairs = find_image_mask_pairs(folder)
     assert [(i.name, m.name) for i, m in pairs] == [
-        ("disc.png", "disc.png"), ("rect.png", "rect.jpeg"), ("tri.png", "tri.png")]
+        ("disc.png", "disc.png"),
+        ("rect.png", "rect.jpeg"),
+        ("tri.png", "tri.png"),
+    ]
     assert "1 image(s) without a mask" in caplog.text
 
 
 def test_small_jpeg_mask_is_scaled_up_and_thresholded(tmp_path):
     truth = _write(tmp_path, "rect", (255, 0, 255), "rect", np.random.default_rng(1))
-    image, labels, count = read_image_mask(tmp_path / "images" / "rect.png",
-                                           tmp_path / "masks" / "rect.jpg")
+    image, labels, count = read_image_mask(
+        tmp_path / "images" / "rect.png", tmp_path / "masks" / "rect.jpg"
+    )
     assert count == 1 and labels.shape == truth.shape == image.shape[:2]
     assert set(np.unique(labels)) == {0, 1}
     assert np.abs(mask_box(labels == 1) - mask_box(truth)).max() <= 2
@@ -162,8 +175,9 @@ def test_warped_clips_keep_masks_boxes_and_frames_consistent(folder, deform):
 
 
 def test_pasted_second_object_is_labelled(folder):
-    source = StaticClipSource(folder, _config(paste_object=1.0, paste_distractor=0.0,
-                                              background_swap=0.0))
+    source = StaticClipSource(
+        folder, _config(paste_object=1.0, paste_distractor=0.0, background_swap=0.0)
+    )
     multi = 0
     for seed in range(6):
         clip = source.sample(np.random.default_rng(seed))
@@ -179,8 +193,9 @@ def test_pasted_second_object_is_labelled(folder):
 
 
 def test_pasted_distractor_is_unlabelled_and_occludes(folder):
-    source = StaticClipSource(folder, _config(paste_object=0.0, paste_distractor=1.0,
-                                              background_swap=0.0))
+    source = StaticClipSource(
+        folder, _config(paste_object=0.0, paste_distractor=1.0, background_swap=0.0)
+    )
     occluding = 0
     for seed in range(8):
         clip = source.sample(np.random.default_rng(seed))
@@ -192,14 +207,14 @@ def test_pasted_distractor_is_unlabelled_and_occludes(folder):
         for t in range(3):
             bg = _eroded(clip.labels[t] == 0)
             for colour in others:
-                occluding += np.any(bg & (np.abs(clip.frames[t].astype(int) - colour).max(-1)
-                                          <= 2))
+                occluding += np.any(bg & (np.abs(clip.frames[t].astype(int) - colour).max(-1) <= 2))
     assert occluding > 0
 
 
 def test_background_swap_moves_the_object_onto_another_image(folder):
-    source = StaticClipSource(folder, _config(background_swap=1.0, paste_object=0.0,
-                                              paste_distractor=0.0))
+    source = StaticClipSource(
+        folder, _config(background_swap=1.0, paste_object=0.0, paste_distractor=0.0)
+    )
     for seed in range(4):
         clip = source.sample(np.random.default_rng(seed))
         _check_clip(clip)
@@ -216,8 +231,10 @@ def test_same_generator_same_clip(folder):
 
 
 def test_deformation_fields_are_smooth_and_scale_with_strength():
-    for make in (lambda s, r: tps_displacement((64, 80), r, sigma=s),
-                 lambda s, r: elastic_displacement((64, 80), r, alpha=s)):
+    for make in (
+        lambda s, r: tps_displacement((64, 80), r, sigma=s),
+        lambda s, r: elastic_displacement((64, 80), r, alpha=s),
+    ):
         assert np.abs(make(0.0, np.random.default_rng(0))).max() < 1e-6
         field = make(0.05, np.random.default_rng(0))
         assert field.shape == (64, 80, 2) and field.dtype == np.float32

@@ -43,8 +43,7 @@ def run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 
 
-def test_atomic_writes_never_follow_a_link_at_their_temporary_name(tmp_path, victim,
-                                                                   planted_names):
+def test_atomic_writes_never_follow_a_link_at_their_temporary_name(tmp_path, victim, planted_names):
     for final, link in [("a.png", ".a.planted.tmp.png"), ("s.json", ".s.planted.tmp.json")]:
         (tmp_path / link).symlink_to(victim)
         if final.endswith(".png"):
@@ -56,16 +55,19 @@ def test_atomic_writes_never_follow_a_link_at_their_temporary_name(tmp_path, vic
         assert victim.read_bytes() == PRECIOUS and (tmp_path / link).is_symlink()
 
 
-def test_segment_outputs_never_follow_planted_links(tmp_path, squares, double, victim,
-                                                    monkeypatch):
+def test_segment_outputs_never_follow_planted_links(tmp_path, squares, double, victim, monkeypatch):
     """Links at the overlay's old fixed temporary name, at the old writability probe's name,
     and at the random names that come up for the overlay, a PNG and the summary."""
     video, frames, labels, mask = squares
     out, overlay = tmp_path / "out", tmp_path / "ov.mp4"
     out.mkdir()
-    links = [tmp_path / ".ov.tmp.mp4", out / f".vostrack-write-test-{os.getpid()}",
-             tmp_path / ".ov.planted.tmp.mp4", out / ".00000.planted.tmp.png",
-             out / ".summary.planted.tmp.json"]
+    links = [
+        tmp_path / ".ov.tmp.mp4",
+        out / f".vostrack-write-test-{os.getpid()}",
+        tmp_path / ".ov.planted.tmp.mp4",
+        out / ".00000.planted.tmp.png",
+        out / ".summary.planted.tmp.json",
+    ]
     for link in links:
         link.symlink_to(victim)
     real = tempfile._get_candidate_names
@@ -91,25 +93,39 @@ def test_a_training_checkpoint_never_follows_planted_links(tmp_path, victim):
     folder.mkdir()
     (folder / "latest.tmp").symlink_to(victim)
     (folder / ".step_0000007.tmp").symlink_to(tmp_path)
-    trainer = SimpleNamespace(run_dir=tmp_path, step=7, best=-1.0,
-                              network=SimpleNamespace(variables=[]),
-                              heads_opt=SimpleNamespace(variables=[]),
-                              backbone_opt=SimpleNamespace(variables=[]),
-                              config=SimpleNamespace(to_dict=lambda: {"steps": 9}))
+    trainer = SimpleNamespace(
+        run_dir=tmp_path,
+        step=7,
+        best=-1.0,
+        network=SimpleNamespace(variables=[]),
+        heads_opt=SimpleNamespace(variables=[]),
+        backbone_opt=SimpleNamespace(variables=[]),
+        config=SimpleNamespace(to_dict=lambda: {"steps": 9}),
+    )
     saved = Trainer.save(trainer)
     assert saved == folder / "step_0000007" and (saved / "state.json").is_file()
     assert (folder / "latest").read_text() == "step_0000007\n"
     assert victim.read_bytes() == PRECIOUS
-    assert sorted(p.name for p in folder.iterdir()) == [".step_0000007.tmp", "latest",
-                                                        "latest.tmp", "step_0000007"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        ".step_0000007.tmp",
+        "latest",
+        "latest.tmp",
+        "step_0000007",
+    ]
 
 
 def test_only_our_temporaries_count_as_stale(tmp_path):
     fd, ours = create_temp(tmp_path / "00003.png")
     os.close(fd)
     assert is_temp_of(ours.name, ["00003"]) and not is_temp_of(ours.name, ["00004"])
-    keep = [".00003.png", ".00003.tmp.png", "00003.png", ".00003.abc.tmp.png", ".notes.txt",
-            ".00003.abcdefgh.tmp.png.bak"]
+    keep = [
+        ".00003.png",
+        ".00003.tmp.png",
+        "00003.png",
+        ".00003.abc.tmp.png",
+        ".notes.txt",
+        ".00003.abcdefgh.tmp.png.bak",
+    ]
     for name in keep:
         (tmp_path / name).write_bytes(b"user")
     (tmp_path / ".00009.abcdefgh.tmp.png").symlink_to(tmp_path / "00003.png")  # not ours
@@ -123,8 +139,11 @@ def test_a_resumed_run_removes_what_a_killed_run_left(tmp_path, squares, double)
     out = tmp_path / "out"
     double.interrupt_at = 5
     assert run("segment", video, "--mask", mask, "-o", out, "-q").exit_code == 130
-    leftovers = [out / ".00005.k2j4h5g6.tmp.png", out / ".summary.zzzzzzzz.tmp.json",
-                 out / ".vostrack-reserve.abcdefgh.tmp.bin"]
+    leftovers = [
+        out / ".00005.k2j4h5g6.tmp.png",
+        out / ".summary.zzzzzzzz.tmp.json",
+        out / ".vostrack-reserve.abcdefgh.tmp.bin",
+    ]
     for path in leftovers:
         path.write_bytes(b"half")
     (out / "my-notes.txt").write_text("mine")

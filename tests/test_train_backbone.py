@@ -20,7 +20,8 @@ from vostrack.training.checkpoints import NETWORK, load_arrays
 # Loading a file of another model, Keras warns about each layer it finds no weights for, then fails.
 pytestmark = [
     pytest.mark.filterwarnings(
-        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
     pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning"),
 ]
 
@@ -41,12 +42,35 @@ def test_training_starts_from_the_imported_backbone(tmp_path, imported):
     config = tmp_path / "config.json"
     # One step with the backbone frozen (and its batch norms in inference mode): the step's
     # checkpoint holds the encoder exactly as it started.
-    config.write_text(json.dumps({**TINY.to_dict(), "steps": 1, "warmup_steps": 0,
-                                  "freeze_steps": 1, "checkpoint_every": 1}))
+    config.write_text(
+        json.dumps(
+            {
+                **TINY.to_dict(),
+                "steps": 1,
+                "warmup_steps": 0,
+                "freeze_steps": 1,
+                "checkpoint_every": 1,
+            }
+        )
+    )
     run = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--backbone",
-                                      "resnet50_v2", "--backbone-weights", str(weights),
-                                      "--size", "64", "--out", str(run), "-q"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(config),
+            "--backbone",
+            "resnet50_v2",
+            "--backbone-weights",
+            str(weights),
+            "--size",
+            "64",
+            "--out",
+            str(run),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "config.json").read_text())
     assert saved["backbone_weights"] == str(weights)
@@ -66,15 +90,25 @@ def test_what_cannot_start_the_backbone_is_refused_in_one_line(tmp_path, importe
     config.write_text(json.dumps({**TINY.to_dict(), "steps": 1, "warmup_steps": 0}))
     run = tmp_path / "run"
     base = ["train", "--config", config, "--out", run, "-q"]
-    fails([*base, "--backbone-weights", weights], "the efficientnet_lite2 backbone takes no "
-          "weights file")
-    fails([*base, "--backbone", "resnet50_v2"], "resnet50_v2 backbone has no ImageNet weights",
-          "--backbone-weights")
-    fails([*base, "--backbone", "resnet50_v2", "--backbone-weights", tmp_path / "none.weights.h5"],
-          "--backbone-weights", "none.weights.h5: not found")
+    fails(
+        [*base, "--backbone-weights", weights],
+        "the efficientnet_lite2 backbone takes no weights file",
+    )
+    fails(
+        [*base, "--backbone", "resnet50_v2"],
+        "resnet50_v2 backbone has no ImageNet weights",
+        "--backbone-weights",
+    )
+    fails(
+        [*base, "--backbone", "resnet50_v2", "--backbone-weights", tmp_path / "none.weights.h5"],
+        "--backbone-weights",
+        "none.weights.h5: not found",
+    )
     other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")])
     wrong = tmp_path / "other.weights.h5"
     other.save_weights(str(wrong))
-    fails([*base, "--backbone", "resnet50_v2", "--backbone-weights", wrong],
-          f"cannot load {wrong} into resnet50_v2")
+    fails(
+        [*base, "--backbone", "resnet50_v2", "--backbone-weights", wrong],
+        f"cannot load {wrong} into resnet50_v2",
+    )
     assert not run.exists()  # a refused start leaves no run folder

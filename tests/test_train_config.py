@@ -31,16 +31,24 @@ def _data(root):
 
 def test_every_data_setting_reaches_its_source(tmp_path):
     paths = _data(tmp_path)
-    config = TrainConfig.from_dict({
-        "data": [{"path": p} for p in paths], "size": 64, "num_frames": 4, "steps": 50,
-        "warmup_steps": 5, "max_gap": [2, 7],
-        "augment": {"flip": 0.0, "zoom": [1.0, 1.2], "colour": {"hue": 0.0}},
-        "video": {"reverse": 0.0, "max_objects": 2, "reference_gap_scale": 1.0},
-        "static": {"deform": "tps", "object_size": [0.4, 0.5], "paste_distractor": 0.0},
-        "procedural": {"reverse": 0.0, "objects": [2, 2], "depth_change_every": [3, 4]},
-    })
+    config = TrainConfig.from_dict(
+        {
+            "data": [{"path": p} for p in paths],
+            "size": 64,
+            "num_frames": 4,
+            "steps": 50,
+            "warmup_steps": 5,
+            "max_gap": [2, 7],
+            "augment": {"flip": 0.0, "zoom": [1.0, 1.2], "colour": {"hue": 0.0}},
+            "video": {"reverse": 0.0, "max_objects": 2, "reference_gap_scale": 1.0},
+            "static": {"deform": "tps", "object_size": [0.4, 0.5], "paste_distractor": 0.0},
+            "procedural": {"reverse": 0.0, "objects": [2, 2], "depth_change_every": [3, 4]},
+        }
+    )
     assert config.augment.colour == ColourJitter(hue=0.0) and config.static.object_size == (
-        0.4, 0.5)
+        0.4,
+        0.5,
+    )
     sources = {type(s): s for s in training_batches(config).source.sources}
     video, static = sources[VideoClipSource].config, sources[StaticClipSource].config
     procedural = sources[ProceduralSource].config
@@ -50,10 +58,12 @@ def test_every_data_setting_reaches_its_source(tmp_path):
         assert source.augment.colour.hue == 0.0
     assert video.max_gap == procedural.max_gap == GapSchedule(2, 7, 50)
     assert (video.reverse, video.max_objects, video.reference_gap_scale) == (0.0, 2, 1.0)
-    assert (static.deform, static.object_size, static.paste_distractor) == ("tps", (0.4, 0.5),
-                                                                            0.0)
+    assert (static.deform, static.object_size, static.paste_distractor) == ("tps", (0.4, 0.5), 0.0)
     assert (procedural.reverse, procedural.objects, procedural.depth_change_every) == (
-        0.0, (2, 2), (3, 4))
+        0.0,
+        (2, 2),
+        (3, 4),
+    )
     batch = training_batches(config).batch_at_step(0)
     assert batch["frames"].shape == (4, 4, 64, 64, 3)
 
@@ -73,8 +83,10 @@ def test_a_config_without_the_sections_means_their_defaults():
 def test_bad_section_options_are_refused_in_one_line(tmp_path):
     cases = [
         ('{"static": {"rotashun": 3}}', "unknown training option(s): static.rotashun"),
-        ('{"augment": {"colour": {"hue": 0.1, "tint": 1}}}',
-         "unknown training option(s): augment.colour.tint"),
+        (
+            '{"augment": {"colour": {"hue": 0.1, "tint": 1}}}',
+            "unknown training option(s): augment.colour.tint",
+        ),
         ('{"augment": {"zoom": [2.0, 1.0]}}', "training config: augment: zoom must satisfy"),
         ('{"procedural": {"objects": [0, 2]}}', "objects must be a range 1 <= min <= max"),
         ('{"static": {"deform": "twirl"}}', "deform must be tps, elastic, random or none"),
@@ -95,8 +107,10 @@ def test_init_only_takes_the_backbone_of_a_checkpoint(tmp_path):
 
     # Every value moved off what a build gives (constants included), so that a variable
     # equals the checkpoint's only if it was restored from it.
-    saved = {k: a + np.asarray(1, a.dtype)
-             for k, a in network_arrays(VosNetwork(TINY.model, weights=None)).items()}
+    saved = {
+        k: a + np.asarray(1, a.dtype)
+        for k, a in network_arrays(VosNetwork(TINY.model, weights=None)).items()
+    }
     folder = tmp_path / "init"
     folder.mkdir()
     save_arrays(folder, NETWORK, saved)

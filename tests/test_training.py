@@ -23,10 +23,19 @@ from vostrack.training.runs import open_run
 from vostrack.training.trainer import Trainer
 
 TINY = TrainConfig(
-    model=ModelConfig(name="tiny", working_short_side=64,
-                      parts=PartsModelConfig(max_parts=2, min_part_area=128)),
-    size=64, batch_size=1, max_objects=1, steps=4, checkpoint_every=2, log_every=1,
-    freeze_steps=100, warmup_steps=1, peak_lr=1e-3)
+    model=ModelConfig(
+        name="tiny", working_short_side=64, parts=PartsModelConfig(max_parts=2, min_part_area=128)
+    ),
+    size=64,
+    batch_size=1,
+    max_objects=1,
+    steps=4,
+    checkpoint_every=2,
+    log_every=1,
+    freeze_steps=100,
+    warmup_steps=1,
+    peak_lr=1e-3,
+)
 
 
 def weights(trainer: Trainer) -> list[np.ndarray]:
@@ -36,8 +45,9 @@ def weights(trainer: Trainer) -> list[np.ndarray]:
 def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
     from vostrack.training.clip_loss import clip_loss
 
-    trainer = open_run(tmp_path / "run", dataclasses.replace(TINY, steps=8, checkpoint_every=8),
-                       resume=False)
+    trainer = open_run(
+        tmp_path / "run", dataclasses.replace(TINY, steps=8, checkpoint_every=8), resume=False
+    )
     batch = {k: v for k, v in trainer.loader.batch_at_step(0).items() if k != "source"}
     before = float(clip_loss(trainer.network, batch)[0])
     # Every term is a mean over the (clip, frame) steps, so two clips' loss is the mean of each
@@ -45,8 +55,9 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
     # call encodes all the batch's frames).
     other = {k: v for k, v in trainer.loader.batch_at_step(1).items() if k != "source"}
     alone = float(clip_loss(trainer.network, other)[0])
-    pair = float(clip_loss(trainer.network, {k: np.concatenate([batch[k], other[k]])
-                                             for k in batch})[0])
+    pair = float(
+        clip_loss(trainer.network, {k: np.concatenate([batch[k], other[k]]) for k in batch})[0]
+    )
     assert abs(alone - before) > 1e-3 * before  # two different clips
     np.testing.assert_allclose(pair, (before + alone) / 2, rtol=1e-4)
     trainer.loader.batch_at_step = lambda step: batch
@@ -55,7 +66,8 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tmp_path):
     assert after < 0.9 * before, (before, after)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 8 and {"loss", "loss_mask", "loss_part", "loss_track", "lr"} <= set(
-        json.loads(lines[-1]))
+        json.loads(lines[-1])
+    )
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
@@ -99,8 +111,9 @@ def test_the_jax_backend_runs_training_steps(tmp_path):
                     "mixed_bfloat16", "--out", {str(tmp_path / "run")!r}, "-q"]
         main()
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "tensorboard").exists()  # metrics.jsonl only, without TF
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
@@ -110,8 +123,9 @@ def test_the_jax_backend_runs_training_steps(tmp_path):
     shards = sorted((tmp_path / "run" / "checkpoints" / "step_0000002").glob("network-*.npz"))
     for shard in shards:
         with np.load(shard) as arrays:
-            assert all(arrays[k].dtype == np.float32 or arrays[k].dtype.kind in "iub"
-                       for k in arrays.files)
+            assert all(
+                arrays[k].dtype == np.float32 or arrays[k].dtype.kind in "iub" for k in arrays.files
+            )
     assert shards
 
 
@@ -121,8 +135,9 @@ def test_train_command_validation_ctrl_c_resume_and_export(tmp_path, monkeypatch
 
     make_tree(tmp_path / "tree", num_frames=5)
     config = tmp_path / "config.json"
-    config.write_text(json.dumps({**TINY.to_dict(), "steps": 3, "val_every": 2,
-                                  "checkpoint_every": 100}))
+    config.write_text(
+        json.dumps({**TINY.to_dict(), "steps": 3, "val_every": 2, "checkpoint_every": 100})
+    )
     real_batch = ClipBatches.batch_at_step
 
     def batch_at_step(self, step):
@@ -133,8 +148,19 @@ def test_train_command_validation_ctrl_c_resume_and_export(tmp_path, monkeypatch
     monkeypatch.setattr(ClipBatches, "batch_at_step", batch_at_step)
     handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     run = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--config", str(config), "--out", str(run), "-q",
-                                      "--val", str(tmp_path / "tree")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(run),
+            "-q",
+            "--val",
+            str(tmp_path / "tree"),
+        ],
+    )
     assert result.exit_code == 130, result.output
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
     message = result.stderr.strip()
@@ -142,8 +168,9 @@ def test_train_command_validation_ctrl_c_resume_and_export(tmp_path, monkeypatch
     # Stopped after step 2 (validated, as every 2 steps) with a checkpoint of it, though the
     # config saves only at the end: a resumed run goes on from there.
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000002"]
-    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()
-            if "loss" in line] == [1, 2]
+    assert [
+        json.loads(line)["step"] for line in (run / "metrics.jsonl").open() if "loss" in line
+    ] == [1, 2]
     scores = [json.loads(line) for line in (run / "metrics.jsonl").open() if "val_jf" in line]
     assert len(scores) == 1 and 0.0 <= scores[0]["val_jf"] <= 1.0
     assert (run / "best" / "state.json").is_file()
@@ -153,19 +180,34 @@ def test_train_command_validation_ctrl_c_resume_and_export(tmp_path, monkeypatch
     assert mixed.exit_code == 2 and "only --out" in mixed.stderr
     nothing = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "none"), "--resume"])
     assert nothing.exit_code == 2 and "nothing to resume" in nothing.stderr
-    missing = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "nope"), "--out",
-                                       str(tmp_path / "r2")])
+    missing = CliRunner().invoke(
+        cli, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")]
+    )
     assert missing.exit_code == 2 and "not found" in missing.stderr
 
     model = tmp_path / "model"
-    exported = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "-o", str(model),
-                                        "--no-saved-model"])
+    exported = CliRunner().invoke(
+        cli, ["export", "--checkpoint", str(run), "-o", str(model), "--no-saved-model"]
+    )
     assert exported.exit_code == 0, exported.output
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["config"]["parts"]["max_parts"] == 2 and (model / "frozen.pb").is_file()
-    more = CliRunner().invoke(cli, ["export", "--checkpoint", str(run), "-o", str(model),
-                                    "--no-saved-model", "--overwrite", "--max-parts", "3",
-                                    "--no-part-tracker", "--mirror"])
+    more = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            "--checkpoint",
+            str(run),
+            "-o",
+            str(model),
+            "--no-saved-model",
+            "--overwrite",
+            "--max-parts",
+            "3",
+            "--no-part-tracker",
+            "--mirror",
+        ],
+    )
     assert more.exit_code == 0, more.output
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["config"]["parts"]["max_parts"] == 3

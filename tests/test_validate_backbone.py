@@ -126,16 +126,16 @@ def fails(*args, needles=()):
 
 # ----------------------------------------------------------------------- end to end
 def test_devkit_ground_truth_with_synsets(val, cached_models):
-    result = run("--data", val / "val", "--labels", gt(val), "--synsets", val / "synsets.txt",
-                 "-q")
+    result = run("--data", val / "val", "--labels", gt(val), "--synsets", val / "synsets.txt", "-q")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == EXPECTED
 
 
 def test_limit_and_batches(val, cached_models):
     # cat + espresso only: both top-1; batch size 1 exercises the padding and batching.
-    result = run("--data", val / "val", "--labels", val / "val.txt", "--limit", 2,
-                 "--batch-size", 1, "-q")
+    result = run(
+        "--data", val / "val", "--labels", val / "val.txt", "--limit", 2, "--batch-size", 1, "-q"
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "top-1 100.00 %  top-5 100.00 %  (2 images)"
     result = run("--data", val / "val", "--labels", val / "val.txt", "--batch-size", 3)
@@ -146,11 +146,12 @@ def test_limit_and_batches(val, cached_models):
 
 def test_synset_folders(val, tmp_path, cached_models):
     data = tmp_path / "val"
-    for i, (name, label) in enumerate(IMAGES, start=1):
+    for i, (_name, label) in enumerate(IMAGES, start=1):
         folder = data / CLASSES[label]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"ILSVRC2012_val_{i:08d}.JPEG").write_bytes(
-            (val / "val" / f"ILSVRC2012_val_{i:08d}.JPEG").read_bytes())
+            (val / "val" / f"ILSVRC2012_val_{i:08d}.JPEG").read_bytes()
+        )
     result = run("--data", data, "--synsets", val / "synsets.txt", "-q")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == EXPECTED
@@ -172,8 +173,9 @@ def test_resnet50_v2_drops_the_background_logit(val, tmp_path, cached_models):
     gives 285 for every image (top-5: 285, 999, 998, 997, 996)."""
     from vostrack.network.backbones import get_backbone_builder
 
-    model = get_backbone_builder("resnet50_v2")(weights=None, include_top=True,
-                                                input_shape=(224, 224, 3))
+    model = get_backbone_builder("resnet50_v2")(
+        weights=None, include_top=True, input_shape=(224, 224, 3)
+    )
     dense = model.get_layer("logits")
     kernel, bias = dense.get_weights()
     bias = np.arange(1001, dtype=np.float32) / 1000
@@ -181,8 +183,17 @@ def test_resnet50_v2_drops_the_background_logit(val, tmp_path, cached_models):
     dense.set_weights([np.zeros_like(kernel), bias])
     weights = tmp_path / "rigged.weights.h5"
     model.save_weights(str(weights))
-    result = run("--data", val / "val", "--labels", val / "val.txt", "--backbone", "resnet50_v2",
-                 "--checkpoint", weights, "-q")
+    result = run(
+        "--data",
+        val / "val",
+        "--labels",
+        val / "val.txt",
+        "--backbone",
+        "resnet50_v2",
+        "--checkpoint",
+        weights,
+        "-q",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "top-1 25.00 %  top-5 25.00 %  (4 images)"
 
@@ -200,8 +211,7 @@ def test_background_offset_and_topk_counting(val):
         logits[:, 1 + 967] = 7.0
         return logits
 
-    result = evaluate(val_set, "resnet50_v2", batch_size=3, progress=False,
-                      classifier=classifier)
+    result = evaluate(val_set, "resnet50_v2", batch_size=3, progress=False, classifier=classifier)
     # chelsea (285) top-1; rocket (657) and coffee (967) top-5; astronaut (0) neither, though
     # taking logit k as class k (background kept) would rank class 0 first.
     assert result == Result(1, 3, 4)
@@ -244,15 +254,21 @@ def test_two_column_labels_match_by_file_name(val, tmp_path):
 def test_tf1_resizers_match_tensorflow():
     tf = pytest.importorskip("tensorflow")
     rng = np.random.default_rng(0)
-    for h, w, oh, ow in [(375, 500, 256, 341), (300, 451, 260, 260), (231, 231, 260, 260),
-                         (9, 7, 3, 20)]:
+    for h, w, oh, ow in [
+        (375, 500, 256, 341),
+        (300, 451, 260, 260),
+        (231, 231, 260, 260),
+        (9, 7, 3, 20),
+    ]:
         image = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
         batch = image[None].astype(np.float32)
-        want = tf.compat.v1.image.resize_bilinear(batch, [oh, ow], align_corners=False,
-                                                  half_pixel_centers=False)[0].numpy()
+        want = tf.compat.v1.image.resize_bilinear(
+            batch, [oh, ow], align_corners=False, half_pixel_centers=False
+        )[0].numpy()
         np.testing.assert_allclose(resize_bilinear_tf1(image, oh, ow), want, atol=1e-3)
-        want = tf.compat.v1.image.resize_bicubic(batch, [oh, ow], align_corners=False,
-                                                 half_pixel_centers=False)[0].numpy()
+        want = tf.compat.v1.image.resize_bicubic(
+            batch, [oh, ow], align_corners=False, half_pixel_centers=False
+        )[0].numpy()
         np.testing.assert_allclose(resize_bicubic_tf1(image, oh, ow), want, atol=1e-3)
 
 
@@ -260,8 +276,9 @@ def test_eval_crops_follow_the_official_code():
     tf = pytest.importorskip("tensorflow")
     image = rgb("chelsea")  # 300 x 451
     # r1.8 ResNet: short side 256 -> 256 x 384 (int(451 * 256 / 300) = 384), centre 224.
-    resized = tf.compat.v1.image.resize_images(image.astype(np.float32), [256, 384],
-                                               tf.image.ResizeMethod.BILINEAR)
+    resized = tf.compat.v1.image.resize_images(
+        image.astype(np.float32), [256, 384], tf.image.ResizeMethod.BILINEAR
+    )
     want = resized.numpy()[16:240, 80:304]
     np.testing.assert_allclose(resnet_v2_eval_crop(image), want, atol=1e-3)
     # TPU EfficientNet: crop int(260 / 292 * 300) = 267, offsets (300-267+1)//2, (451-267+1)//2.
@@ -280,17 +297,39 @@ def test_errors_are_one_line(val, tmp_path, cached_models):
     fails("--data", data, needles=["--labels"])
     fails("--data", data, "--labels", gt(val), needles=["--synsets"])
     fails("--data", data, "--labels", tmp_path / "none.txt", needles=["not found"])
-    fails("--backbone", "resnet50_v2", "--data", data, "--labels", val / "val.txt",
-          needles=["--checkpoint"])
-    fails("--data", data, "--labels", val / "val.txt", "--checkpoint", tmp_path,
-          needles=["only for resnet50_v2"])
-    fails("--backbone", "resnet50_v2", "--checkpoint", tmp_path / "model.ckpt-1", "--data", data,
-          "--labels", val / "val.txt", needles=["checkpoint not found"])
+    fails(
+        "--backbone",
+        "resnet50_v2",
+        "--data",
+        data,
+        "--labels",
+        val / "val.txt",
+        needles=["--checkpoint"],
+    )
+    fails(
+        "--data",
+        data,
+        "--labels",
+        val / "val.txt",
+        "--checkpoint",
+        tmp_path,
+        needles=["only for resnet50_v2"],
+    )
+    fails(
+        "--backbone",
+        "resnet50_v2",
+        "--checkpoint",
+        tmp_path / "model.ckpt-1",
+        "--data",
+        data,
+        "--labels",
+        val / "val.txt",
+        needles=["checkpoint not found"],
+    )
 
     short = tmp_path / "short.txt"
     short.write_text("\n".join(gt(val).read_text().split()[:3]))
-    fails("--data", data, "--labels", short, "--synsets", synsets,
-          needles=["3 labels", "4 images"])
+    fails("--data", data, "--labels", short, "--synsets", synsets, needles=["3 labels", "4 images"])
     too_many = tmp_path / "many.txt"
     too_many.write_text((val / "val.txt").read_text() + "ILSVRC2012_val_00000005.JPEG 1\n")
     fails("--data", data, "--labels", too_many, needles=["5 labels", "4 images"])
@@ -307,8 +346,15 @@ def test_errors_are_one_line(val, tmp_path, cached_models):
     fails("--data", data, "--labels", gt(val), "--synsets", sorted_list, needles=["sorted order"])
     truncated = tmp_path / "truncated.txt"
     truncated.write_text("\n".join(devkit_order()[:999]))
-    fails("--data", data, "--labels", gt(val), "--synsets", truncated,
-          needles=["999 synsets, not 1000"])
+    fails(
+        "--data",
+        data,
+        "--labels",
+        gt(val),
+        "--synsets",
+        truncated,
+        needles=["999 synsets, not 1000"],
+    )
     twice = tmp_path / "twice.txt"
     twice.write_text("\n".join(devkit_order()[:999] + devkit_order()[:1]))
     fails("--data", data, "--labels", gt(val), "--synsets", twice, needles=["twice"])
@@ -322,8 +368,7 @@ def test_errors_are_one_line(val, tmp_path, cached_models):
     (cat / "x.JPEG").rename(cat / "ILSVRC2012_val_00000001.JPEG")
     one = tmp_path / "one.txt"
     one.write_text("ILSVRC2012_val_00000001.JPEG 967\n")  # coffee image filed under the cat
-    fails("--data", folders, "--synsets", synsets, "--labels", one,
-          needles=["in folder n02124075"])
+    fails("--data", folders, "--synsets", synsets, "--labels", one, needles=["in folder n02124075"])
 
     junk = tmp_path / "junk"
     junk.mkdir()

@@ -29,8 +29,16 @@ from vostrack.io.palette import write_label_png
 HEIGHT, WIDTH = 64, 96
 COLOURS = {1: (240, 30, 30), 2: (30, 230, 40), 3: (40, 60, 240)}
 # Identity geometry: the training size is the frame size, no zoom, jitter, flip or colour.
-IDENTITY = AugmentConfig(size=(HEIGHT, WIDTH), zoom=(1.0, 1.0), aspect=1.0, frame_shift=0.0,
-                         frame_scale=0.0, flip=0.0, colour=None, min_object_pixels=10)
+IDENTITY = AugmentConfig(
+    size=(HEIGHT, WIDTH),
+    zoom=(1.0, 1.0),
+    aspect=1.0,
+    frame_shift=0.0,
+    frame_scale=0.0,
+    flip=0.0,
+    colour=None,
+    min_object_pixels=10,
+)
 
 
 def _scene(t, objects, appear=None):
@@ -43,19 +51,17 @@ def _scene(t, objects, appear=None):
         if t < appear.get(k, 0):
             continue
         y, x = 8 + 18 * (k - 1), 6 + t + 10 * (k - 1)
-        frame[y:y + 14, x:x + 14] = COLOURS[k]
-        labels[y:y + 14, x:x + 14] = k
+        frame[y : y + 14, x : x + 14] = COLOURS[k]
+        labels[y : y + 14, x : x + 14] = k
     return frame, labels
 
 
 def _write_frame(path, frame):
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
-                [cv2.IMWRITE_JPEG_QUALITY, 100])
+    cv2.imwrite(str(path), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
 
 
-def write_davis(root, sequences, num_frames=12, objects=1, davis2016=True, sets=None,
-                void=False):
+def write_davis(root, sequences, num_frames=12, objects=1, davis2016=True, sets=None, void=False):
     for seq in sequences:
         for t in range(num_frames):
             frame, labels = _scene(t, objects)
@@ -75,8 +81,7 @@ def write_davis(root, sequences, num_frames=12, objects=1, davis2016=True, sets=
     return root
 
 
-def write_youtube(root, videos, num_frames=21, every=5, appear=None, meta=True,
-                  narrow=None):
+def write_youtube(root, videos, num_frames=21, every=5, appear=None, meta=True, narrow=None):
     split = root / "train"
     meta_videos = {}
     for vid in videos:
@@ -119,6 +124,7 @@ def _assert_ids_follow_objects(clip):
 
 # ---- layout detection ---------------------------------------------------------------------------
 
+
 def test_detect_source_on_each_layout(tmp_path):
     assert detect_source(write_davis(tmp_path / "davis", ["a"], num_frames=3)) == "davis"
     assert detect_source(write_youtube(tmp_path / "ytvos", ["v"], num_frames=6)) == "youtube-vos"
@@ -144,6 +150,7 @@ def test_detect_source_refuses_unknown_layouts_in_one_line(tmp_path, make):
 
 # ---- DAVIS --------------------------------------------------------------------------------------
 
+
 def test_davis2016_masks_are_one_object(tmp_path):
     root = write_davis(tmp_path, ["a", "b"], num_frames=5)
     dataset = DavisDataset(root, split=None)
@@ -163,8 +170,12 @@ def test_davis2017_palette_ids_and_void(tmp_path):
 
 
 def test_davis_image_sets_split_and_exclude(tmp_path):
-    root = write_davis(tmp_path, ["a", "b", "c"], num_frames=3,
-                       sets={(2016, "train"): ["a", "b"], (2016, "val"): ["c"]})
+    root = write_davis(
+        tmp_path,
+        ["a", "b", "c"],
+        num_frames=3,
+        sets={(2016, "train"): ["a", "b"], (2016, "val"): ["c"]},
+    )
     assert DavisDataset(root).names == ["a", "b"]
     assert DavisDataset(root, split="val").names == ["c"]
     assert DavisDataset(root, split=None).names == ["a", "b", "c"]
@@ -183,8 +194,9 @@ def test_davis_evaluation_tree_is_not_trained_on_by_default(tmp_path):
 
 def test_davis_clips_have_the_right_gaps_and_consistent_ids(tmp_path):
     root = write_davis(tmp_path, ["a", "b"], num_frames=30, objects=3, davis2016=False)
-    config = VideoSamplingConfig(max_gap=3, reference_gap_scale=2.0, max_objects=2,
-                                 augment=IDENTITY)
+    config = VideoSamplingConfig(
+        max_gap=3, reference_gap_scale=2.0, max_objects=2, augment=IDENTITY
+    )
     source = VideoClipSource(DavisDataset(root, split=None), config)
     seen_gaps = set()
     for seed in range(25):
@@ -211,13 +223,18 @@ def test_gap_grows_with_the_schedule(tmp_path):
     from vostrack.data.clips import GapSchedule
 
     root = write_davis(tmp_path, ["a"], num_frames=40)
-    config = VideoSamplingConfig(max_gap=GapSchedule(1, 8, 100), reference_gap_scale=1.0,
-                                 augment=IDENTITY)
+    config = VideoSamplingConfig(
+        max_gap=GapSchedule(1, 8, 100), reference_gap_scale=1.0, augment=IDENTITY
+    )
     source = VideoClipSource(DavisDataset(root, split=None), config)
-    early = [np.abs(np.diff(_frame_indices(source.sample(np.random.default_rng(s), step=0))))
-             for s in range(10)]
-    late = [np.abs(np.diff(_frame_indices(source.sample(np.random.default_rng(s), step=100))))
-            for s in range(10)]
+    early = [
+        np.abs(np.diff(_frame_indices(source.sample(np.random.default_rng(s), step=0))))
+        for s in range(10)
+    ]
+    late = [
+        np.abs(np.diff(_frame_indices(source.sample(np.random.default_rng(s), step=100))))
+        for s in range(10)
+    ]
     assert max(g.max() for g in early) == 1
     assert max(g.max() for g in late) > 3 and max(g.max() for g in late) <= 8
 
@@ -242,8 +259,7 @@ def test_sampling_reads_only_the_clip_frames(tmp_path, monkeypatch):
     import vostrack.data.video_datasets as vd
 
     root = write_davis(tmp_path, ["a"], num_frames=30)
-    source = VideoClipSource(DavisDataset(root, split=None),
-                             VideoSamplingConfig(augment=IDENTITY))
+    source = VideoClipSource(DavisDataset(root, split=None), VideoSamplingConfig(augment=IDENTITY))
     reads = []
     original = vd.read_image_rgb
     monkeypatch.setattr(vd, "read_image_rgb", lambda p: reads.append(p) or original(p))
@@ -253,11 +269,13 @@ def test_sampling_reads_only_the_clip_frames(tmp_path, monkeypatch):
 
 # ---- YouTube-VOS ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("meta", [True, False])
 def test_youtube_vos_sparse_annotations_and_objects_appearing_late(tmp_path, meta):
     # Object 2 appears at frame 10; masks every 5th frame; one annotation is 1 px narrow.
-    root = write_youtube(tmp_path, ["v1", "v2"], num_frames=26, appear={2: 10}, meta=meta,
-                         narrow=15)
+    root = write_youtube(
+        tmp_path, ["v1", "v2"], num_frames=26, appear={2: 10}, meta=meta, narrow=15
+    )
     dataset = YouTubeVOSDataset(root)
     assert dataset.names == ["v1", "v2"]
     seq = dataset.sequences[0]
@@ -283,9 +301,10 @@ def test_video_source_with_augmentation_keeps_boxes_consistent(tmp_path):
     from vostrack.network.parts import mask_box
 
     root = write_youtube(tmp_path, ["v1"], num_frames=11, every=1)
-    source = VideoClipSource(YouTubeVOSDataset(root),
-                             VideoSamplingConfig(augment=AugmentConfig(size=(48, 48),
-                                                                       min_object_pixels=10)))
+    source = VideoClipSource(
+        YouTubeVOSDataset(root),
+        VideoSamplingConfig(augment=AugmentConfig(size=(48, 48), min_object_pixels=10)),
+    )
     for seed in range(5):
         clip = source.sample(np.random.default_rng(seed))
         assert clip.size == (48, 48) and clip.num_objects >= 1

@@ -79,7 +79,9 @@ def test_writer_errors_reach_the_caller_as_one_line(tmp_path):
 def test_label_png_reader_takes_grayscale_with_alpha(tmp_path):
     gray = np.zeros((4, 6), np.uint8)
     gray[1:3, 2:5] = 255
-    Image.fromarray(np.stack([gray, np.full_like(gray, 255)], -1), mode="LA").save(tmp_path / "a.png")
+    Image.fromarray(np.stack([gray, np.full_like(gray, 255)], -1), mode="LA").save(
+        tmp_path / "a.png"
+    )
     assert np.array_equal(read_label_png(tmp_path / "a.png"), gray)
     Image.fromarray(gray > 0).save(tmp_path / "b.png")  # 1-bit
     assert np.array_equal(read_label_png(tmp_path / "b.png"), gray)

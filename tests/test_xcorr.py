@@ -11,9 +11,10 @@ from tests.reference.xcorr import depthwise_xcorr as naive_depthwise_xcorr
 from vostrack.network.xcorr import depthwise_xcorr, xcorr
 
 
-@pytest.mark.parametrize("shapes", [((3, 10, 11, 4), (3, 3, 4, 4)),
-                                    ((1, 9, 9, 2), (1, 9, 9, 2)),
-                                    ((5, 12, 8, 3), (5, 1, 1, 3))])
+@pytest.mark.parametrize(
+    "shapes",
+    [((3, 10, 11, 4), (3, 3, 4, 4)), ((1, 9, 9, 2), (1, 9, 9, 2)), ((5, 12, 8, 3), (5, 1, 1, 3))],
+)
 def test_depthwise_xcorr_matches_a_numpy_loop(shapes):
     rng = np.random.RandomState(0)
     search = rng.randn(*shapes[0]).astype(np.float32)
@@ -33,8 +34,9 @@ def test_each_sample_uses_its_own_template():
     search = rng.randn(2, 6, 6, 3).astype(np.float32)
     template = rng.randn(2, 2, 2, 3).astype(np.float32)
     swapped = ops.convert_to_numpy(xcorr(search[::-1], template[::-1]))
-    np.testing.assert_allclose(swapped[::-1], ops.convert_to_numpy(xcorr(search, template)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        swapped[::-1], ops.convert_to_numpy(xcorr(search, template)), atol=1e-5
+    )
 
 
 def test_mismatched_channels_are_refused():

@@ -36,11 +36,34 @@ CARRY_LIMIT = 64 * 2**20  # what a device call may send: tracked files and carri
 
 def download_wheels(target: Path) -> None:
     target.mkdir(exist_ok=True)
-    platforms = [f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64",
-                                             "manylinux_2_17_x86_64", "manylinux2014_x86_64")]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", *platforms,
-                    "-d", str(target), *WHEELS], check=True)
+    platforms = [
+        f"--platform={p}"
+        for p in (
+            "manylinux_2_28_x86_64",
+            "manylinux_2_27_x86_64",
+            "manylinux_2_17_x86_64",
+            "manylinux2014_x86_64",
+        )
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            *platforms,
+            "-d",
+            str(target),
+            *WHEELS,
+        ],
+        check=True,
+    )
 
 
 def pack_frames(folder: Path, target: Path, height: int) -> None:
@@ -54,9 +77,15 @@ def pack_frames(folder: Path, target: Path, height: int) -> None:
     target.mkdir(parents=True, exist_ok=True)
     first = read_image_rgb(files[0])
     size = (2 * round(first.shape[1] * height / first.shape[0] / 2), height)
-    writer = imageio_ffmpeg.write_frames(str(target / "frames.mp4"), size, fps=24,
-                                         codec="libx264", macro_block_size=1,
-                                         output_params=["-crf", "23"], ffmpeg_log_level="error")
+    writer = imageio_ffmpeg.write_frames(
+        str(target / "frames.mp4"),
+        size,
+        fps=24,
+        codec="libx264",
+        macro_block_size=1,
+        output_params=["-crf", "23"],
+        ffmpeg_log_level="error",
+    )
     writer.send(None)
     for file in files:
         frame = cv2.resize(read_image_rgb(file), size, interpolation=cv2.INTER_AREA)
@@ -115,11 +144,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path)
     parser.add_argument("--height", type=int, default=320)
-    parser.add_argument("--init", type=Path,
-                        help="start from these weights (a tracked file, relative to the "
-                             "repository root) instead of the ImageNet backbone")
-    parser.add_argument("--unpack", action="store_true",
-                        help="on the device machine: restore the packed frames in .devdata")
+    parser.add_argument(
+        "--init",
+        type=Path,
+        help="start from these weights (a tracked file, relative to the "
+        "repository root) instead of the ImageNet backbone",
+    )
+    parser.add_argument(
+        "--unpack",
+        action="store_true",
+        help="on the device machine: restore the packed frames in .devdata",
+    )
     args = parser.parse_args()
     if args.unpack:
         unpack(ROOT / ".devdata")
@@ -136,17 +171,23 @@ def main() -> None:
         path = spec["path"]
         if path != "procedural":
             name = Path(path).name
-            shrink_tree((ROOT / path).resolve() if not Path(path).is_absolute() else Path(path),
-                        data / name, args.height)
+            shrink_tree(
+                (ROOT / path).resolve() if not Path(path).is_absolute() else Path(path),
+                data / name,
+                args.height,
+            )
             path = f".devdata/{name}"
         device_specs.append({**spec, "path": path})
 
     if args.init is not None:
-        listed = subprocess.run(["git", "ls-files", "--error-unmatch", str(args.init)], cwd=ROOT,
-                                capture_output=True)
+        listed = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", str(args.init)], cwd=ROOT, capture_output=True
+        )
         if listed.returncode != 0:
-            parser.error(f"--init {args.init}: not a tracked file of the repository (only "
-                         "those travel without being carried)")
+            parser.error(
+                f"--init {args.init}: not a tracked file of the repository (only "
+                "those travel without being carried)"
+            )
         init_path = args.init.as_posix()
     else:
         from vostrack.network.config import ModelConfig
@@ -156,20 +197,26 @@ def main() -> None:
         network = VosNetwork(ModelConfig.from_dict(config["model"]))
         init = data / "init"
         init.mkdir()
-        save_arrays(init, NETWORK, {k: a.astype(np.float16)
-                                    for k, a in network_arrays(network).items()})
+        save_arrays(
+            init, NETWORK, {k: a.astype(np.float16) for k, a in network_arrays(network).items()}
+        )
         init_path = ".devdata/init"
-    (data / "config.json").write_text(json.dumps(
-        {**config, "data": device_specs, "init": init_path}, indent=2))
+    (data / "config.json").write_text(
+        json.dumps({**config, "data": device_specs, "init": init_path}, indent=2)
+    )
     total = sum(p.stat().st_size for p in (ROOT / ".whl").rglob("*") if p.is_file())
     total += sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True).stdout
     total += sum((ROOT / f).stat().st_size for f in tracked.decode().split("\0") if f)
-    print(f"what travels: the tracked files + .whl + .devdata = {total / 2**20:.1f} MiB "
-          f"(limit 64); the device config is .devdata/config.json")
+    print(
+        f"what travels: the tracked files + .whl + .devdata = {total / 2**20:.1f} MiB "
+        f"(limit 64); the device config is .devdata/config.json"
+    )
     if total > CARRY_LIMIT:
-        sys.exit("over the device's 64 MiB: down-scale the data further (--height 240) or start "
-                 "from a tracked weights file (--init models/default/network.weights.h5)")
+        sys.exit(
+            "over the device's 64 MiB: down-scale the data further (--height 240) or start "
+            "from a tracked weights file (--init models/default/network.weights.h5)"
+        )
 
 
 if __name__ == "__main__":

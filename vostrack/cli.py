@@ -13,8 +13,8 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import click
 
@@ -45,8 +45,11 @@ class _Group(click.Group):
         except Exception as exc:  # a bug, not bad input: still one line unless --debug
             if ctx.meta.get("vostrack.debug"):
                 raise
-            click.echo(f"error: unexpected {type(exc).__name__}: {exc} "
-                       "(run with --debug for the traceback)", err=True)
+            click.echo(
+                f"error: unexpected {type(exc).__name__}: {exc} "
+                "(run with --debug for the traceback)",
+                err=True,
+            )
             ctx.exit(1)
 
 
@@ -113,46 +116,94 @@ def _settings_option(help_text: str):
     return click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help=help_text)
 
 
-_RUN_SETTINGS_HELP = ("Change an inference setting of the model for this run (repeatable), e.g. "
-                      "parts.max_parts=4 or matching.memory_frames=8; the frozen graph takes the "
-                      "settings read at run time, --runtime keras all of them.")
+_RUN_SETTINGS_HELP = (
+    "Change an inference setting of the model for this run (repeatable), e.g. "
+    "parts.max_parts=4 or matching.memory_frames=8; the frozen graph takes the "
+    "settings read at run time, --runtime keras all of them."
+)
 
 
 # ----------------------------------------------------------------------------------- segment
 @cli.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--mask", "masks", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Mask of the objects on one frame (palette PNG, grayscale or RGB colour-coded). "
-                   "Repeat for objects that appear later; a folder gives all its masks.")
-@click.option("--mask-frame", "mask_frames", multiple=True, type=click.IntRange(min=0),
-              help="Frame (0-based) of each --mask, in the same order. Default: the frame the "
-                   "mask file is named after (00012.png -> 12), else frame 0.")
-@click.option("-o", "--output", "output_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for one DAVIS-palette PNG per frame and summary.json.")
-@click.option("--overlay", type=click.Path(path_type=Path),
-              help="Also write an mp4 of the video with the masks blended in.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Model name (see models/) or path to a model folder.")
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="frozen", show_default=True,
-              help="Run the frozen TensorFlow graph, or the Keras model (any Keras backend).")
-@click.option("--mirror/--no-mirror", default=None,
-              help="Also segment each frame's mirror image and average the two (about twice "
-                   "the time; default: the model's own setting).")
+@click.option(
+    "--mask",
+    "masks",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Mask of the objects on one frame (palette PNG, grayscale or RGB colour-coded). "
+    "Repeat for objects that appear later; a folder gives all its masks.",
+)
+@click.option(
+    "--mask-frame",
+    "mask_frames",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Frame (0-based) of each --mask, in the same order. Default: the frame the "
+    "mask file is named after (00012.png -> 12), else frame 0.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for one DAVIS-palette PNG per frame and summary.json.",
+)
+@click.option(
+    "--overlay",
+    type=click.Path(path_type=Path),
+    help="Also write an mp4 of the video with the masks blended in.",
+)
+@click.option(
+    "--model",
+    default=DEFAULT_MODEL,
+    show_default=True,
+    help="Model name (see models/) or path to a model folder.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="frozen",
+    show_default=True,
+    help="Run the frozen TensorFlow graph, or the Keras model (any Keras backend).",
+)
+@click.option(
+    "--mirror/--no-mirror",
+    default=None,
+    help="Also segment each frame's mirror image and average the two (about twice "
+    "the time; default: the model's own setting).",
+)
 @_settings_option(_RUN_SETTINGS_HELP)
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True),
-              help="Frame rate of the overlay (default: the video's, 24 for a frame folder).")
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Frame rate of the overlay (default: the video's, 24 for a frame folder).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int], output_dir: Path,
-            overlay: Path | None, model: str, runtime: str, mirror: bool | None,
-            settings: Sequence[str], fps: float | None, overwrite: bool, resume: bool,
-            quiet: bool) -> None:
+def segment(
+    input_path: Path,
+    masks: Sequence[Path],
+    mask_frames: Sequence[int],
+    output_dir: Path,
+    overlay: Path | None,
+    model: str,
+    runtime: str,
+    mirror: bool | None,
+    settings: Sequence[str],
+    fps: float | None,
+    overwrite: bool,
+    resume: bool,
+    quiet: bool,
+) -> None:
     """Segment the objects given by --mask on every frame of INPUT (a video or a frame folder)."""
     from vostrack.inference.pipeline import OutputOptions, SegmentRun, preflight
+    from vostrack.inference.quiet import native_stderr_silenced
     from vostrack.io.frames import open_frames
     from vostrack.io.masks import MaskReader, load_annotations
-    from vostrack.inference.quiet import native_stderr_silenced
     from vostrack.registry import load_propagator
 
     source = open_frames(input_path, fps=fps)
@@ -167,49 +218,100 @@ def segment(input_path: Path, masks: Sequence[Path], mask_frames: Sequence[int],
         _report_inputs(source, annotations, reader)
     with _stop_on_signals(job):
         summary = job.run()
-    click.echo(f"{summary['frames_done']} frames, {len(summary['objects'])} object(s) "
-               f"-> {output_dir}" + (f" and {overlay}" if overlay else "")
-               + (f" ({summary['frames_per_second']} frames/s)" if summary.get("frames_per_second") else ""))
+    click.echo(
+        f"{summary['frames_done']} frames, {len(summary['objects'])} object(s) "
+        f"-> {output_dir}"
+        + (f" and {overlay}" if overlay else "")
+        + (
+            f" ({summary['frames_per_second']} frames/s)"
+            if summary.get("frames_per_second")
+            else ""
+        )
+    )
 
 
 def _report_inputs(source, annotations, reader) -> None:
-    click.echo(f"{source.path}: {source.num_frames} frames, {source.width}x{source.height}, "
-               f"{source.fps:g} fps", err=True)
+    click.echo(
+        f"{source.path}: {source.num_frames} frames, {source.width}x{source.height}, "
+        f"{source.fps:g} fps",
+        err=True,
+    )
     for a in annotations:
         names = ", ".join(p.name for p in a.sources)
-        click.echo(f"  frame {a.frame} ({names}): objects {', '.join(map(str, a.object_ids))}",
-                   err=True)
+        click.echo(
+            f"  frame {a.frame} ({names}): objects {', '.join(map(str, a.object_ids))}", err=True
+        )
     for colour, k in reader.colour_ids.items():
-        click.echo(f"  object {k} = colour #{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}", err=True)
+        click.echo(
+            f"  object {k} = colour #{colour[0]:02x}{colour[1]:02x}{colour[2]:02x}", err=True
+        )
 
 
 # ---------------------------------------------------------------------------------- validate
 @cli.command()
-@click.option("--data", "data_root", required=True, type=click.Path(path_type=Path),
-              help="A DAVIS tree (JPEGImages/480p, Annotations/480p, optional ImageSets).")
-@click.option("--results", "results_dir", type=click.Path(path_type=Path),
-              help="Score the palette PNGs in RESULTS/<sequence>/ instead of running a model.")
-@click.option("--image-set", "set_file", type=click.Path(path_type=Path),
-              help="A file listing the sequences to score (e.g. ImageSets/2016/val.txt).")
+@click.option(
+    "--data",
+    "data_root",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A DAVIS tree (JPEGImages/480p, Annotations/480p, optional ImageSets).",
+)
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(path_type=Path),
+    help="Score the palette PNGs in RESULTS/<sequence>/ instead of running a model.",
+)
+@click.option(
+    "--image-set",
+    "set_file",
+    type=click.Path(path_type=Path),
+    help="A file listing the sequences to score (e.g. ImageSets/2016/val.txt).",
+)
 @click.option("--sequences", help="Comma-separated sequence names to score.")
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path),
-              help="Write one row per object and a final ALL row to this CSV file.")
-@click.option("--output", "output_dir", type=click.Path(path_type=Path),
-              help="Without --results: where the segmentations go (default: a new temp folder).")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True,
-              help="Without --results: the model to run.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(path_type=Path),
+    help="Write one row per object and a final ALL row to this CSV file.",
+)
+@click.option(
+    "--output",
+    "output_dir",
+    type=click.Path(path_type=Path),
+    help="Without --results: where the segmentations go (default: a new temp folder).",
+)
+@click.option(
+    "--model", default=DEFAULT_MODEL, show_default=True, help="Without --results: the model to run."
+)
 @click.option("--runtime", type=click.Choice(RUNTIMES), default="frozen", show_default=True)
-@click.option("--mirror/--no-mirror", default=None,
-              help="Also segment each frame's mirror image and average the two (about twice "
-                   "the time; default: the model's own setting).")
+@click.option(
+    "--mirror/--no-mirror",
+    default=None,
+    help="Also segment each frame's mirror image and average the two (about twice "
+    "the time; default: the model's own setting).",
+)
 @_settings_option("Without --results: " + _RUN_SETTINGS_HELP)
-@click.option("--overwrite", is_flag=True,
-              help="Replace results already in --output, and an existing --csv file.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace results already in --output, and an existing --csv file.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
-             sequences: str | None, csv_path: Path | None, output_dir: Path | None, model: str,
-             runtime: str, mirror: bool | None, settings: Sequence[str], overwrite: bool,
-             quiet: bool) -> None:
+def validate(
+    data_root: Path,
+    results_dir: Path | None,
+    set_file: Path | None,
+    sequences: str | None,
+    csv_path: Path | None,
+    output_dir: Path | None,
+    model: str,
+    runtime: str,
+    mirror: bool | None,
+    settings: Sequence[str],
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Score segmentations of a DAVIS tree with the official J and F measures."""
     from vostrack.evaluation.davis import DavisTree, score
 
@@ -217,14 +319,18 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
         raise VostrackError("give --image-set or --sequences, not both")
     for value in settings:
         if "=" not in value and Path(value).is_file():
-            raise VostrackError(f"--set takes KEY=VALUE (an inference setting); the file of "
-                                f"sequences to score is --image-set {value}")
+            raise VostrackError(
+                f"--set takes KEY=VALUE (an inference setting); the file of "
+                f"sequences to score is --image-set {value}"
+            )
     if csv_path is not None:
         _check_new_file(csv_path, "--csv", overwrite)
     for option, folder in (("--data", data_root), ("--results", results_dir)):
         if folder is not None and not folder.is_dir():
-            raise VostrackError(f"{option} {folder} " + ("is a file, not a folder"
-                                                         if folder.exists() else "does not exist"))
+            raise VostrackError(
+                f"{option} {folder} "
+                + ("is a file, not a folder" if folder.exists() else "does not exist")
+            )
     tree = DavisTree(data_root)
     names = [s.strip() for s in sequences.split(",") if s.strip()] if sequences else None
     seqs = tree.sequences(set_file=set_file, names=names)
@@ -232,13 +338,14 @@ def validate(data_root: Path, results_dir: Path | None, set_file: Path | None,
         if output_dir is None:
             output_dir = Path(tempfile.mkdtemp(prefix="vostrack-validate-"))
             click.echo(f"segmentations go to {output_dir}", err=True)
-        _segment_davis(tree, seqs, output_dir, model, runtime, mirror, settings, overwrite,
-                       quiet)
+        _segment_davis(tree, seqs, output_dir, model, runtime, mirror, settings, overwrite, quiet)
         results_dir = output_dir
     elif output_dir is not None or settings:
-        raise VostrackError(f"{'--output' if output_dir is not None else '--set'} is for "
-                            "validate's own segmentations; with --results there is nothing "
-                            "to run")
+        raise VostrackError(
+            f"{'--output' if output_dir is not None else '--set'} is for "
+            "validate's own segmentations; with --results there is nothing "
+            "to run"
+        )
     report = score(tree, results_dir, seqs)
     click.echo(report.table())
     if csv_path is not None:
@@ -262,9 +369,17 @@ def _check_new_file(path: Path, option: str, overwrite: bool) -> None:
         raise VostrackError(f"{option} {path}: {parent} is a file, not a folder")
 
 
-def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime: str,
-                   mirror: bool | None, settings: Sequence[str], overwrite: bool,
-                   quiet: bool) -> None:
+def _segment_davis(
+    tree,
+    seqs: list[str],
+    output_dir: Path,
+    model: str,
+    runtime: str,
+    mirror: bool | None,
+    settings: Sequence[str],
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Run the segment job on each sequence from its first annotated frame."""
     from vostrack.evaluation.segment_tree import segment_tree
     from vostrack.inference.quiet import native_stderr_silenced
@@ -272,61 +387,151 @@ def _segment_davis(tree, seqs: list[str], output_dir: Path, model: str, runtime:
 
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
         propagator, model_info = load_propagator(model, runtime, mirror, settings)
-    segment_tree(tree, seqs, propagator, output_dir, model_info, overwrite=overwrite,
-                 progress=not quiet, announce=None if quiet else lambda s: click.echo(s, err=True))
+    segment_tree(
+        tree,
+        seqs,
+        propagator,
+        output_dir,
+        model_info,
+        overwrite=overwrite,
+        progress=not quiet,
+        announce=None if quiet else lambda s: click.echo(s, err=True),
+    )
 
 
 # ---------------------------------------------------------------------------------- train
 @cli.command()
-@click.option("--data", "data", multiple=True, help="Training data: a DAVIS or YouTube-VOS tree, a "
-              "folder of images + masks, or 'procedural'. Repeat to mix (weights: --config).")
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="Training config, JSON or YAML (see configs/train-*.json); options below "
-                   "override it.")
-@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path),
-              help="Run folder: config, checkpoints, metrics, TensorBoard scalars.")
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    help="Training data: a DAVIS or YouTube-VOS tree, a "
+    "folder of images + masks, or 'procedural'. Repeat to mix (weights: --config).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Training config, JSON or YAML (see configs/train-*.json); options below override it.",
+)
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Run folder: config, checkpoints, metrics, TensorBoard scalars.",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--steps", type=click.IntRange(min=1), help="Total training steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Clips per step.")
 @click.option("--size", type=click.IntRange(min=64), help="Training crop size in pixels.")
 @click.option("--backbone", help="Backbone name (e.g. efficientnet_lite2, resnet50_v2).")
-@click.option("--init", "init", type=click.Path(path_type=Path),
-              help="Start from these network weights (.weights.h5 or a checkpoint folder).")
-@click.option("--init-only", "init_only", multiple=True,
-              help="Take from the --init checkpoint only the variables under this path "
-                   "prefix (repeatable; 'backbone': the backbone's).")
-@click.option("--backbone-weights", "backbone_weights", type=click.Path(path_type=Path),
-              help="The backbone's weights (resnet50_v2: the .weights.h5 that import-backbone "
-                   "writes) instead of ImageNet weights.")
-@click.option("--val", type=click.Path(path_type=Path),
-              help="A DAVIS tree scored every val_every steps; the best checkpoint is kept.")
+@click.option(
+    "--init",
+    "init",
+    type=click.Path(path_type=Path),
+    help="Start from these network weights (.weights.h5 or a checkpoint folder).",
+)
+@click.option(
+    "--init-only",
+    "init_only",
+    multiple=True,
+    help="Take from the --init checkpoint only the variables under this path "
+    "prefix (repeatable; 'backbone': the backbone's).",
+)
+@click.option(
+    "--backbone-weights",
+    "backbone_weights",
+    type=click.Path(path_type=Path),
+    help="The backbone's weights (resnet50_v2: the .weights.h5 that import-backbone "
+    "writes) instead of ImageNet weights.",
+)
+@click.option(
+    "--val",
+    type=click.Path(path_type=Path),
+    help="A DAVIS tree scored every val_every steps; the best checkpoint is kept.",
+)
 @click.option("--exclude", multiple=True, help="Sequence names never to train on.")
-@click.option("--precision", type=click.Choice(["float32", "mixed_bfloat16"]),
-              help="mixed_bfloat16: backbone and FPN in bfloat16, heads in float32 (GPU).")
-@click.option("--devices", type=click.IntRange(min=0),
-              help="Data-parallel devices: 0 every GPU (default), N the first N.")
-@click.option("--workers", type=click.IntRange(min=0),
-              help="Processes making batches ahead of the step (also with --resume: the "
-                   "batches do not depend on it).")
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "mixed_bfloat16"]),
+    help="mixed_bfloat16: backbone and FPN in bfloat16, heads in float32 (GPU).",
+)
+@click.option(
+    "--devices",
+    type=click.IntRange(min=0),
+    help="Data-parallel devices: 0 every GPU (default), N the first N.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Processes making batches ahead of the step (also with --resume: the "
+    "batches do not depend on it).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: bool,
-          steps: int | None, batch_size: int | None, size: int | None, backbone: str | None,
-          init: Path | None, init_only: Sequence[str], backbone_weights: Path | None,
-          val: Path | None, exclude: Sequence[str], precision: str | None,
-          devices: int | None, workers: int | None, quiet: bool) -> None:
+def train(
+    data: Sequence[str],
+    config_path: Path | None,
+    run_dir: Path,
+    resume: bool,
+    steps: int | None,
+    batch_size: int | None,
+    size: int | None,
+    backbone: str | None,
+    init: Path | None,
+    init_only: Sequence[str],
+    backbone_weights: Path | None,
+    val: Path | None,
+    exclude: Sequence[str],
+    precision: str | None,
+    devices: int | None,
+    workers: int | None,
+    quiet: bool,
+) -> None:
     """Train the network (on a GPU: KERAS_BACKEND=jax; see tools/train_on_device.sh)."""
     from vostrack.inference.quiet import native_logs_silenced
 
     with native_logs_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        _train(data, config_path, run_dir, resume, steps, batch_size, size, backbone, init,
-               init_only, backbone_weights, val, exclude, precision, devices, workers, quiet)
+        _train(
+            data,
+            config_path,
+            run_dir,
+            resume,
+            steps,
+            batch_size,
+            size,
+            backbone,
+            init,
+            init_only,
+            backbone_weights,
+            val,
+            exclude,
+            precision,
+            devices,
+            workers,
+            quiet,
+        )
 
 
-def _train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume: bool,
-           steps: int | None, batch_size: int | None, size: int | None, backbone: str | None,
-           init: Path | None, init_only: Sequence[str], backbone_weights: Path | None,
-           val: Path | None, exclude: Sequence[str], precision: str | None,
-           devices: int | None, workers: int | None, quiet: bool) -> None:
+def _train(
+    data: Sequence[str],
+    config_path: Path | None,
+    run_dir: Path,
+    resume: bool,
+    steps: int | None,
+    batch_size: int | None,
+    size: int | None,
+    backbone: str | None,
+    init: Path | None,
+    init_only: Sequence[str],
+    backbone_weights: Path | None,
+    val: Path | None,
+    exclude: Sequence[str],
+    precision: str | None,
+    devices: int | None,
+    workers: int | None,
+    quiet: bool,
+) -> None:
     import dataclasses
 
     from vostrack.training.config import DataSpec, TrainConfig
@@ -350,9 +555,17 @@ def _train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume:
             model = values.get("model", TrainConfig.from_dict({}).model.to_dict())
             weights["model"] = {**model, "backbone": backbone} if isinstance(model, dict) else model
         config = TrainConfig.from_dict({**values, **weights})
-        overrides = {k: v for k, v in (("steps", steps), ("batch_size", batch_size),
-                                       ("size", size), ("precision", precision),
-                                       ("devices", devices)) if v is not None}
+        overrides = {
+            k: v
+            for k, v in (
+                ("steps", steps),
+                ("batch_size", batch_size),
+                ("size", size),
+                ("precision", precision),
+                ("devices", devices),
+            )
+            if v is not None
+        }
         if data:
             overrides["data"] = tuple(DataSpec(str(d)) for d in data)
         if val is not None:
@@ -365,15 +578,36 @@ def _train(data: Sequence[str], config_path: Path | None, run_dir: Path, resume:
         for spec in config.data:
             if spec.path != "procedural" and not Path(spec.path).exists():
                 raise VostrackError(f"--data {spec.path}: not found")
-    elif any(v is not None for v in (config_path, steps, batch_size, size, backbone, init, val,
-                                     precision, backbone_weights)) or data or exclude or init_only:
-        raise VostrackError("--resume continues the run as it was configured; give only --out "
-                            "(and --workers or --devices)")
+    elif (
+        any(
+            v is not None
+            for v in (
+                config_path,
+                steps,
+                batch_size,
+                size,
+                backbone,
+                init,
+                val,
+                precision,
+                backbone_weights,
+            )
+        )
+        or data
+        or exclude
+        or init_only
+    ):
+        raise VostrackError(
+            "--resume continues the run as it was configured; give only --out "
+            "(and --workers or --devices)"
+        )
     trainer = open_run(run_dir, config, resume, workers=workers, devices=devices)
     with _stop_on_signals(trainer):
         metrics = trainer.train(progress=not quiet)
-    click.echo(f"step {trainer.step}: loss {metrics.get('loss', float('nan')):.4f} -> "
-               f"{run_dir / 'checkpoints' / 'latest'}")
+    click.echo(
+        f"step {trainer.step}: loss {metrics.get('loss', float('nan')):.4f} -> "
+        f"{run_dir / 'checkpoints' / 'latest'}"
+    )
 
 
 def _read_config(path: Path) -> dict:
@@ -387,59 +621,89 @@ def _read_config(path: Path) -> dict:
         try:
             import yaml
         except ImportError:
-            raise VostrackError("YAML configs need PyYAML (the train extra); JSON works "
-                                "as it is") from None
+            raise VostrackError(
+                "YAML configs need PyYAML (the train extra); JSON works as it is"
+            ) from None
         try:
             values = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise VostrackError(f"config {path} is not valid YAML "
-                                f"({' '.join(str(exc).split())})") from None
+            raise VostrackError(
+                f"config {path} is not valid YAML ({' '.join(str(exc).split())})"
+            ) from None
     else:
         try:
             values = json.loads(text)
         except ValueError as exc:
             raise VostrackError(f"config {path} is not valid JSON ({exc})") from None
     if not isinstance(values, dict):
-        raise VostrackError(f"config {path} must hold a mapping of options, not "
-                            f"{type(values).__name__}")
+        raise VostrackError(
+            f"config {path} must hold a mapping of options, not {type(values).__name__}"
+        )
     return values
 
 
-
-
 @cli.command("validate-backbone")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path),
-              help="ImageNet-2012 val images: flat (ILSVRC2012_val_00000001.JPEG ...) or one "
-                   "folder per synset (n01440764/...). Required.")
-@click.option("--labels", "labels_path", type=click.Path(path_type=Path),
-              help="Ground truth, told by its columns: the devkit's "
-                   "ILSVRC2012_validation_ground_truth.txt (one 1-based ILSVRC2012_ID per line, "
-                   "devkit class order; needs --synsets), or two columns 'IMAGE LABEL' with "
-                   "0-based labels in sorted-synset order (val.txt). Optional with synset "
-                   "folders (then checked against them).")
-@click.option("--synsets", "synsets_path", type=click.Path(path_type=Path),
-              help="The devkit's 1000 synsets in ILSVRC2012_ID order: one wnid per line (line i "
-                   "= ID i), or lines 'ID wnid ...' / 'wnid ID ...' (a meta.mat text export, "
-                   "map_clsloc.txt). Converts a devkit ground truth to sorted-synset order; "
-                   "with synset folders, names the 1000 classes when fewer folders are given.")
-@click.option("--backbone", type=click.Choice(["efficientnet_lite2", "resnet50_v2"]),
-              default="efficientnet_lite2", show_default=True,
-              help="efficientnet_lite2: weights from its package, TPU-repo eval (central "
-                   "260/292 crop, bicubic to 260). resnet50_v2: needs --checkpoint, r1.8 eval "
-                   "(short side 256, centre 224, minus means); its background logit 0 is "
-                   "dropped.")
-@click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="resnet50_v2 only, required: the TF1 checkpoint (prefix or folder) or a "
-                   ".weights.h5 converted from it. The official one, "
-                   "resnet_v2_imagenet_checkpoint of tensorflow/models r1.8, scores top-1 "
-                   "76.47 %.")
-@click.option("--limit", type=click.IntRange(min=1),
-              help="Evaluate only the first N images (in file-name order), for a quick check.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path),
+    help="ImageNet-2012 val images: flat (ILSVRC2012_val_00000001.JPEG ...) or one "
+    "folder per synset (n01440764/...). Required.",
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(path_type=Path),
+    help="Ground truth, told by its columns: the devkit's "
+    "ILSVRC2012_validation_ground_truth.txt (one 1-based ILSVRC2012_ID per line, "
+    "devkit class order; needs --synsets), or two columns 'IMAGE LABEL' with "
+    "0-based labels in sorted-synset order (val.txt). Optional with synset "
+    "folders (then checked against them).",
+)
+@click.option(
+    "--synsets",
+    "synsets_path",
+    type=click.Path(path_type=Path),
+    help="The devkit's 1000 synsets in ILSVRC2012_ID order: one wnid per line (line i "
+    "= ID i), or lines 'ID wnid ...' / 'wnid ID ...' (a meta.mat text export, "
+    "map_clsloc.txt). Converts a devkit ground truth to sorted-synset order; "
+    "with synset folders, names the 1000 classes when fewer folders are given.",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(["efficientnet_lite2", "resnet50_v2"]),
+    default="efficientnet_lite2",
+    show_default=True,
+    help="efficientnet_lite2: weights from its package, TPU-repo eval (central "
+    "260/292 crop, bicubic to 260). resnet50_v2: needs --checkpoint, r1.8 eval "
+    "(short side 256, centre 224, minus means); its background logit 0 is "
+    "dropped.",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="resnet50_v2 only, required: the TF1 checkpoint (prefix or folder) or a "
+    ".weights.h5 converted from it. The official one, "
+    "resnet_v2_imagenet_checkpoint of tensorflow/models r1.8, scores top-1 "
+    "76.47 %.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Evaluate only the first N images (in file-name order), for a quick check.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_path: Path | None,
-                      backbone: str, checkpoint: Path | None, limit: int | None,
-                      batch_size: int, quiet: bool) -> None:
+def validate_backbone(
+    data_dir: Path | None,
+    labels_path: Path | None,
+    synsets_path: Path | None,
+    backbone: str,
+    checkpoint: Path | None,
+    limit: int | None,
+    batch_size: int,
+    quiet: bool,
+) -> None:
     """Top-1 / top-5 of a backbone's ImageNet classifier on ImageNet-2012 val.
 
     Classes are numbered in sorted-synset order (the 1000 wnids sorted: 0 = n01440764 tench,
@@ -459,57 +723,122 @@ def validate_backbone(data_dir: Path | None, labels_path: Path | None, synsets_p
 
 
 @cli.command()
-@click.option("--model", help="An installed model (name or folder) to export again from its "
-                              "Keras weights.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="A model config (JSON, e.g. configs/matching.json): build it from the "
-                   "backbone's ImageNet weights (needs the train extra).")
-@click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="A training run folder (its latest checkpoint) or a checkpoint folder.")
-@click.option("-o", "--output", "output_dir", required=True, type=click.Path(path_type=Path),
-              help="The model folder to write (frozen.pb, saved_model/, weights, manifest.json).")
+@click.option(
+    "--model", help="An installed model (name or folder) to export again from its Keras weights."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="A model config (JSON, e.g. configs/matching.json): build it from the "
+    "backbone's ImageNet weights (needs the train extra).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="A training run folder (its latest checkpoint) or a checkpoint folder.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The model folder to write (frozen.pb, saved_model/, weights, manifest.json).",
+)
 @click.option("--name", help="Model name recorded in the manifest (default: the folder's name).")
 @click.option("--no-saved-model", is_flag=True, help="Skip the SavedModel (smaller folder).")
-@click.option("--weights-dtype", type=click.Choice(["float16", "float32"]), default="float16",
-              show_default=True,
-              help="How the weights are stored (they are computed in float32 either way).")
-@click.option("--max-parts", type=click.IntRange(min=1),
-              help="Parts per object at inference (the weights do not depend on it; default: "
-                   "the model's own).")
-@click.option("--part-tracker/--no-part-tracker", "track", default=None,
-              help="Move the parts with the Siamese tracker, or with their object's predicted "
-                   "mask (the weights do not depend on it; default: the model's own).")
-@click.option("--mirror/--no-mirror", default=None,
-              help="Whether segment averages each frame with its mirror image unless told "
-                   "(a run-time setting; default: the model's own).")
-@_settings_option("Set an inference setting of the exported model (repeatable), e.g. "
-                  "matching.top_k=20: the settings built into the graph too.")
+@click.option(
+    "--weights-dtype",
+    type=click.Choice(["float16", "float32"]),
+    default="float16",
+    show_default=True,
+    help="How the weights are stored (they are computed in float32 either way).",
+)
+@click.option(
+    "--max-parts",
+    type=click.IntRange(min=1),
+    help="Parts per object at inference (the weights do not depend on it; default: "
+    "the model's own).",
+)
+@click.option(
+    "--part-tracker/--no-part-tracker",
+    "track",
+    default=None,
+    help="Move the parts with the Siamese tracker, or with their object's predicted "
+    "mask (the weights do not depend on it; default: the model's own).",
+)
+@click.option(
+    "--mirror/--no-mirror",
+    default=None,
+    help="Whether segment averages each frame with its mirror image unless told "
+    "(a run-time setting; default: the model's own).",
+)
+@_settings_option(
+    "Set an inference setting of the exported model (repeatable), e.g. "
+    "matching.top_k=20: the settings built into the graph too."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
-def export(model: str | None, config_path: Path | None, checkpoint: Path | None,
-           output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
-           max_parts: int | None, track: bool | None, mirror: bool | None,
-           settings: Sequence[str], overwrite: bool) -> None:
+def export(
+    model: str | None,
+    config_path: Path | None,
+    checkpoint: Path | None,
+    output_dir: Path,
+    name: str | None,
+    no_saved_model: bool,
+    weights_dtype: str,
+    max_parts: int | None,
+    track: bool | None,
+    mirror: bool | None,
+    settings: Sequence[str],
+    overwrite: bool,
+) -> None:
     """Export a model as a frozen TF graph + SavedModel + Keras weights + manifest."""
     if sum(x is not None for x in (model, config_path, checkpoint)) != 1:
-        raise VostrackError("give one of --model (an installed model), --config (a config file) "
-                            "or --checkpoint (a training run)")
+        raise VostrackError(
+            "give one of --model (an installed model), --config (a config file) "
+            "or --checkpoint (a training run)"
+        )
     if output_dir.exists() and not output_dir.is_dir():
         raise VostrackError(f"{output_dir} exists and is not a folder; give a new folder name")
     if output_dir.exists() and not overwrite:
-        raise VostrackError(f"model folder {output_dir} already exists; use --overwrite to "
-                            "replace it")
+        raise VostrackError(
+            f"model folder {output_dir} already exists; use --overwrite to replace it"
+        )
     from vostrack.inference.quiet import native_logs_silenced
 
     with native_logs_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        _export(model, config_path, checkpoint, output_dir, name, no_saved_model, weights_dtype,
-                max_parts, track, mirror, settings, overwrite)
+        _export(
+            model,
+            config_path,
+            checkpoint,
+            output_dir,
+            name,
+            no_saved_model,
+            weights_dtype,
+            max_parts,
+            track,
+            mirror,
+            settings,
+            overwrite,
+        )
     click.echo(f"exported {output_dir}")
 
 
-def _export(model: str | None, config_path: Path | None, checkpoint: Path | None,
-            output_dir: Path, name: str | None, no_saved_model: bool, weights_dtype: str,
-            max_parts: int | None, track: bool | None, mirror: bool | None,
-            settings: Sequence[str], overwrite: bool) -> None:
+def _export(
+    model: str | None,
+    config_path: Path | None,
+    checkpoint: Path | None,
+    output_dir: Path,
+    name: str | None,
+    no_saved_model: bool,
+    weights_dtype: str,
+    max_parts: int | None,
+    track: bool | None,
+    mirror: bool | None,
+    settings: Sequence[str],
+    overwrite: bool,
+) -> None:
     import json
 
     from vostrack.network.config import ModelConfig, apply_overrides
@@ -518,9 +847,11 @@ def _export(model: str | None, config_path: Path | None, checkpoint: Path | None
     from vostrack.serving.export import export_model
 
     overrides = [*settings]
-    for option, key, value in (("--max-parts", "parts.max_parts", max_parts),
-                               ("--part-tracker", "parts.track", track),
-                               ("--mirror", "mirror_average", mirror)):
+    for key, value in (
+        ("parts.max_parts", max_parts),
+        ("parts.track", track),
+        ("mirror_average", mirror),
+    ):
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
 
@@ -544,17 +875,31 @@ def _export(model: str | None, config_path: Path | None, checkpoint: Path | None
     else:
         model_dir = resolve_model(model)
         manifest = read_manifest(model_dir)
-        network = load_network(model_dir, configured(manifest_config(model_dir, manifest)),
-                               manifest["files"]["keras_weights"])
-    export_model(network, output_dir, name or output_dir.name, overwrite=overwrite,
-                 saved_model=not no_saved_model, weights_dtype=weights_dtype)
+        network = load_network(
+            model_dir,
+            configured(manifest_config(model_dir, manifest)),
+            manifest["files"]["keras_weights"],
+        )
+    export_model(
+        network,
+        output_dir,
+        name or output_dir.name,
+        overwrite=overwrite,
+        saved_model=not no_saved_model,
+        weights_dtype=weights_dtype,
+    )
 
 
 # --------------------------------------------------------------------------- import-backbone
 @cli.command("import-backbone")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
-              help="The Keras weights file to write (*.weights.h5).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The Keras weights file to write (*.weights.h5).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def import_backbone(checkpoint: Path, output: Path, overwrite: bool) -> None:
     """Convert the official TF1 ResNet-50 v2 checkpoint (TF model zoo r1.8 official/resnet)

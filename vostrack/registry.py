@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from vostrack.errors import VostrackError, first_line
 from vostrack.inference.contract import Propagator
@@ -52,8 +53,10 @@ def resolve_model(name: str) -> Path:
             if (folder / name / MANIFEST).is_file():
                 return folder / name
     known = ", ".join(available_models()) or "none"
-    raise VostrackError(f"unknown model {name!r} (installed models: {known}; a path to a model "
-                        f"folder with a {MANIFEST} also works)")
+    raise VostrackError(
+        f"unknown model {name!r} (installed models: {known}; a path to a model "
+        f"folder with a {MANIFEST} also works)"
+    )
 
 
 def read_manifest(model_dir: Path) -> dict:
@@ -62,30 +65,36 @@ def read_manifest(model_dir: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise VostrackError(f"model {model_dir}: unreadable {MANIFEST} ({exc})") from None
     if not isinstance(manifest, dict):
-        raise VostrackError(f"model {model_dir}: {MANIFEST} must hold a mapping, not "
-                            f"{type(manifest).__name__}")
+        raise VostrackError(
+            f"model {model_dir}: {MANIFEST} must hold a mapping, not {type(manifest).__name__}"
+        )
     return manifest
 
 
-def manifest_config(model_dir: Path, manifest: dict) -> "ModelConfig":
+def manifest_config(model_dir: Path, manifest: dict) -> ModelConfig:
     """The model config a manifest records, or a one-line error naming what is wrong."""
     from vostrack.network.config import ModelConfig
 
     values = manifest.get("config")
     if not isinstance(values, dict):
-        raise VostrackError(f"model {model_dir}: the config in {MANIFEST} must be a mapping, "
-                            f"not {type(values).__name__}")
+        raise VostrackError(
+            f"model {model_dir}: the config in {MANIFEST} must be a mapping, "
+            f"not {type(values).__name__}"
+        )
     try:
         return ModelConfig.from_dict(values)
     except VostrackError as exc:
         raise VostrackError(f"model {model_dir}: {MANIFEST}: {exc}") from None
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
-        raise VostrackError(f"model {model_dir}: invalid config in {MANIFEST} "
-                            f"({type(exc).__name__}: {first_line(exc)})") from None
+        raise VostrackError(
+            f"model {model_dir}: invalid config in {MANIFEST} "
+            f"({type(exc).__name__}: {first_line(exc)})"
+        ) from None
 
 
-def load_propagator(name: str, runtime: str = "frozen", mirror: bool | None = None,
-                    overrides: Sequence[str] = ()) -> tuple[Propagator, dict]:
+def load_propagator(
+    name: str, runtime: str = "frozen", mirror: bool | None = None, overrides: Sequence[str] = ()
+) -> tuple[Propagator, dict]:
     """Load model ``name`` for ``runtime`` with its inference settings changed by ``overrides``
     (``"parts.max_parts=4"``, ...: :func:`vostrack.network.config.apply_overrides`; the frozen
     graph takes only the run-time ones); returns the propagator and a description of it.
@@ -99,19 +108,25 @@ def load_propagator(name: str, runtime: str = "frozen", mirror: bool | None = No
     from vostrack.serving.export import FORMAT, FORMERLY
 
     if fmt != FORMAT and fmt not in FORMERLY:
-        raise VostrackError(f"model {name!r} has format {fmt!r}, which this version of vostrack "
-                            "cannot run")
+        raise VostrackError(
+            f"model {name!r} has format {fmt!r}, which this version of vostrack cannot run"
+        )
     from google.protobuf.message import DecodeError
 
     from vostrack.network.config import BAKED, RUN_TIME, apply_overrides
 
     overrides = [*overrides] + ([] if mirror is None else [f"mirror_average={str(mirror).lower()}"])
-    config = apply_overrides(manifest_config(model_dir, manifest), overrides,
-                             allowed=(RUN_TIME,) if runtime == "frozen" else (BAKED, RUN_TIME))
+    config = apply_overrides(
+        manifest_config(model_dir, manifest),
+        overrides,
+        allowed=(RUN_TIME,) if runtime == "frozen" else (BAKED, RUN_TIME),
+    )
     files = manifest.get("files", {})
     if not isinstance(files, dict) or not isinstance(manifest.get("tensors", {}), dict):
-        raise VostrackError(f"model {name!r} in {model_dir}: {MANIFEST} is damaged "
-                            "(files and tensors must be mappings)")
+        raise VostrackError(
+            f"model {name!r} in {model_dir}: {MANIFEST} is damaged "
+            "(files and tensors must be mappings)"
+        )
     try:
         if runtime == "frozen":
             from vostrack.inference.runtimes import FrozenRuntime
@@ -123,18 +138,27 @@ def load_propagator(name: str, runtime: str = "frozen", mirror: bool | None = No
 
             backend = KerasRuntime(load_network(model_dir, config, files["keras_weights"]))
     except (KeyError, OSError, ValueError, TypeError, DecodeError) as exc:
-        raise VostrackError(f"model {name!r} in {model_dir} is incomplete or damaged "
-                            f"({type(exc).__name__}: {first_line(exc)})") from None
-    info = {"name": name, "path": str(model_dir), "runtime": runtime, "format": fmt,
-            "version": manifest.get("version"), "backbone": config.backbone,
-            "mirror_average": config.mirror_average}
+        raise VostrackError(
+            f"model {name!r} in {model_dir} is incomplete or damaged "
+            f"({type(exc).__name__}: {first_line(exc)})"
+        ) from None
+    info = {
+        "name": name,
+        "path": str(model_dir),
+        "runtime": runtime,
+        "format": fmt,
+        "version": manifest.get("version"),
+        "backbone": config.backbone,
+        "mirror_average": config.mirror_average,
+    }
     if overrides:
         info["overrides"] = list(overrides)
     return build_propagator(backend, name=name), info
 
 
-def build_propagator(runtime: "Runtime", mirror: bool | None = None,
-                     name: str = "vostrack") -> Propagator:
+def build_propagator(
+    runtime: Runtime, mirror: bool | None = None, name: str = "vostrack"
+) -> Propagator:
     """The propagator for a runtime (the frozen graph or a Keras network): the part path's when
     the network has one, averaged with the mirror image when ``mirror`` (None: the config's
     ``mirror_average``). The one place that choice is made: segment, validate, the benchmarks

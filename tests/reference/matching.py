@@ -3,14 +3,21 @@ every memory frame compared in a loop."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 
-def naive_propagation(query: np.ndarray, keys: np.ndarray, probs: np.ndarray,
-                      local: Sequence[bool], valid: Sequence[bool], radius: int, top_k: int,
-                      temperature: float) -> np.ndarray:
+def naive_propagation(
+    query: np.ndarray,
+    keys: np.ndarray,
+    probs: np.ndarray,
+    local: Sequence[bool],
+    valid: Sequence[bool],
+    radius: int,
+    top_k: int,
+    temperature: float,
+) -> np.ndarray:
     """Object probabilities (h, w, K+1) of each query cell: the ``top_k`` best candidates over
     the valid memory frames (``keys`` (M, h, w, C), ``probs`` (M, h, w, K+1)), searched over the
     whole frame, or within ``radius`` cells (Chebyshev) where ``local[m]``, vote with softmax

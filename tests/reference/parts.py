@@ -12,7 +12,7 @@ module.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,18 +24,24 @@ from vostrack.network.parts import Parts, cosine_window, response_size
 def box_centres_sizes(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(cy, cx, h, w) of boxes (..., 4)."""
     boxes = np.asarray(boxes, np.float32)
-    return ((boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2,
-            boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+    return (
+        (boxes[..., 0] + boxes[..., 2]) / 2,
+        (boxes[..., 1] + boxes[..., 3]) / 2,
+        boxes[..., 2] - boxes[..., 0],
+        boxes[..., 3] - boxes[..., 1],
+    )
 
 
-def boxes_from_centres_sizes(cy: np.ndarray, cx: np.ndarray, h: np.ndarray,
-                             w: np.ndarray) -> np.ndarray:
+def boxes_from_centres_sizes(
+    cy: np.ndarray, cx: np.ndarray, h: np.ndarray, w: np.ndarray
+) -> np.ndarray:
     """Boxes (..., 4) from centres and sizes."""
     return np.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1).astype(np.float32)
 
 
-def expand_box(boxes: np.ndarray, context: float = 0.5, min_side: float = 0.0,
-               square: bool = True) -> np.ndarray:
+def expand_box(
+    boxes: np.ndarray, context: float = 0.5, min_side: float = 0.0, square: bool = True
+) -> np.ndarray:
     """Boxes grown by the context ``p = context * (h + w)``: SiamFC's template window, the square
     of side ``max(sqrt((h + p)(w + p)), min_side)`` around each box's centre, or with
     ``square=False`` the box ``(h + p) x (w + p)`` (e.g. for a mask crop).
@@ -47,8 +53,9 @@ def expand_box(boxes: np.ndarray, context: float = 0.5, min_side: float = 0.0,
     cy, cx, h, w = box_centres_sizes(boxes)
     pad = context * (h + w)
     if not square:
-        return boxes_from_centres_sizes(cy, cx, np.maximum(h + pad, min_side),
-                                        np.maximum(w + pad, min_side))
+        return boxes_from_centres_sizes(
+            cy, cx, np.maximum(h + pad, min_side), np.maximum(w + pad, min_side)
+        )
     side = np.maximum(np.sqrt(np.maximum(h + pad, 0) * np.maximum(w + pad, 0)), min_side)
     return boxes_from_centres_sizes(cy, cx, side, side)
 
@@ -59,8 +66,9 @@ def scale_box(boxes: np.ndarray, factor: float) -> np.ndarray:
     return boxes_from_centres_sizes(cy, cx, h * factor, w * factor)
 
 
-def search_window(boxes: np.ndarray, context: float = 0.5, factor: float = 3.0,
-                  min_side: float = 0.0) -> np.ndarray:
+def search_window(
+    boxes: np.ndarray, context: float = 0.5, factor: float = 3.0, min_side: float = 0.0
+) -> np.ndarray:
     """The search window around each part box: its template window (:func:`expand_box`) scaled by
     ``factor`` (= search_size / template_size for the tracker)."""
     return scale_box(expand_box(boxes, context, min_side), factor)
@@ -105,38 +113,52 @@ def batch_parts(parts: Sequence[Parts]) -> PartBatch:
     if len(sizes) != 1:
         raise ValueError(f"all objects need the same max_parts, got {sorted(sizes)}")
     max_parts = sizes.pop()
-    return PartBatch(np.concatenate([p.boxes for p in parts]).astype(np.float32),
-                     np.repeat(np.arange(len(parts), dtype=np.int32), max_parts),
-                     np.concatenate([p.valid for p in parts]))
+    return PartBatch(
+        np.concatenate([p.boxes for p in parts]).astype(np.float32),
+        np.repeat(np.arange(len(parts), dtype=np.int32), max_parts),
+        np.concatenate([p.valid for p in parts]),
+    )
 
 
 # --------------------------------------------------------------------------- responses
 
 
-def response_to_pixel(cells: np.ndarray, window_start: np.ndarray, window_side: np.ndarray,
-                      template_size: int, search_size: int) -> np.ndarray:
+def response_to_pixel(
+    cells: np.ndarray,
+    window_start: np.ndarray,
+    window_side: np.ndarray,
+    template_size: int,
+    search_size: int,
+) -> np.ndarray:
     """Response coordinates (cell i, continuous) -> the part-centre pixel coordinate they stand
     for, along one axis, for search windows starting at ``window_start`` of side ``window_side``."""
     spacing = np.asarray(window_side, np.float32) / search_size
     return window_start + (np.asarray(cells, np.float32) + template_size / 2) * spacing
 
 
-def pixel_to_response(coords: np.ndarray, window_start: np.ndarray, window_side: np.ndarray,
-                      template_size: int, search_size: int) -> np.ndarray:
+def pixel_to_response(
+    coords: np.ndarray,
+    window_start: np.ndarray,
+    window_side: np.ndarray,
+    template_size: int,
+    search_size: int,
+) -> np.ndarray:
     """Inverse of :func:`response_to_pixel`."""
     spacing = np.asarray(window_side, np.float32) / search_size
     return (np.asarray(coords, np.float32) - window_start) / spacing - template_size / 2
 
 
-def response_labels(size: int, centre: Sequence[float], radius: float) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
+def response_labels(
+    size: int, centre: Sequence[float], radius: float
+) -> tuple[np.ndarray, np.ndarray]:
     """SiamFC training labels for one response map: ``labels`` (size, size) float32, 1 for cells
     within ``radius`` cells of ``centre`` = (cy, cx) (response coordinates, see
     :func:`pixel_to_response`; the map's centre for a target that did not move), 0 elsewhere; and
     ``weights`` that give the positives and the negatives half of the total weight each (SiamFC's
     balancing: positives are a handful of cells against hundreds of negatives)."""
-    i, j = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32),
-                       indexing="ij")
+    i, j = np.meshgrid(
+        np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij"
+    )
     distance = np.hypot(i - centre[0], j - centre[1])
     labels = (distance <= radius).astype(np.float32)
     num_pos = labels.sum()
@@ -151,8 +173,13 @@ def response_labels(size: int, centre: Sequence[float], radius: float) -> tuple[
     return labels, weights
 
 
-def encode_offsets(target_boxes: np.ndarray, previous_boxes: np.ndarray, windows: np.ndarray,
-                   template_size: int, search_size: int) -> np.ndarray:
+def encode_offsets(
+    target_boxes: np.ndarray,
+    previous_boxes: np.ndarray,
+    windows: np.ndarray,
+    template_size: int,
+    search_size: int,
+) -> np.ndarray:
     """Box-regression targets (N, R, R, 4) for every response cell: ``[dy, dx, dlog_h, dlog_w]``,
     where (dy, dx) is the target centre's offset from the cell's own centre in response cells
     (sample spacings) and dlog_* the log of the target size over the previous box size.
@@ -168,10 +195,12 @@ def encode_offsets(target_boxes: np.ndarray, previous_boxes: np.ndarray, windows
     cells = np.arange(r, dtype=np.float32)
     dy = np.broadcast_to(ty[:, None, None] - cells[None, :, None], (len(ty), r, r))
     dx = np.broadcast_to(tx[:, None, None] - cells[None, None, :], (len(tx), r, r))
-    dh = np.broadcast_to(np.log(np.maximum(th, 1e-6) / np.maximum(ph, 1e-6))[:, None, None],
-                         dy.shape)
-    dw = np.broadcast_to(np.log(np.maximum(tw, 1e-6) / np.maximum(pw, 1e-6))[:, None, None],
-                         dy.shape)
+    dh = np.broadcast_to(
+        np.log(np.maximum(th, 1e-6) / np.maximum(ph, 1e-6))[:, None, None], dy.shape
+    )
+    dw = np.broadcast_to(
+        np.log(np.maximum(tw, 1e-6) / np.maximum(pw, 1e-6))[:, None, None], dy.shape
+    )
     return np.stack([dy, dx, dh, dw], axis=-1).astype(np.float32)
 
 
@@ -188,10 +217,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * x) + 1.0)
 
 
-def decode_response(response: np.ndarray, windows: np.ndarray, previous_boxes: np.ndarray,
-                    template_size: int, search_size: int, offsets: np.ndarray | None = None,
-                    window_influence: float = 0.25, size_lr: float = 1.0,
-                    valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def decode_response(
+    response: np.ndarray,
+    windows: np.ndarray,
+    previous_boxes: np.ndarray,
+    template_size: int,
+    search_size: int,
+    offsets: np.ndarray | None = None,
+    window_influence: float = 0.25,
+    size_lr: float = 1.0,
+    valid: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """New part boxes (N, 4) and scores (N,) from response logits (N, R, R[, 1]).
 
     The peak is the argmax of ``(1 - window_influence) * normalised response + window_influence *
@@ -230,10 +266,12 @@ def decode_response(response: np.ndarray, windows: np.ndarray, previous_boxes: n
         fx = np.where(inner_x, _parabola_offset(left, centre, right), 0.0)
         scale_h = scale_w = np.ones(n, np.float32)
     windows = np.asarray(windows, np.float32)
-    cy = response_to_pixel(pi + fy, windows[:, 0], windows[:, 2] - windows[:, 0], template_size,
-                           search_size)
-    cx = response_to_pixel(pj + fx, windows[:, 1], windows[:, 3] - windows[:, 1], template_size,
-                           search_size)
+    cy = response_to_pixel(
+        pi + fy, windows[:, 0], windows[:, 2] - windows[:, 0], template_size, search_size
+    )
+    cx = response_to_pixel(
+        pj + fx, windows[:, 1], windows[:, 3] - windows[:, 1], template_size, search_size
+    )
     _, _, ph, pw = box_centres_sizes(previous_boxes)
     boxes = boxes_from_centres_sizes(cy, cx, ph * scale_h, pw * scale_w)
     scores = _sigmoid(response[rows, pi, pj]).astype(np.float32)

@@ -14,5 +14,5 @@ def depthwise_xcorr(search: np.ndarray, template: np.ndarray) -> np.ndarray:
     for b in range(n):
         for i in range(out.shape[1]):
             for j in range(out.shape[2]):
-                out[b, i, j] = (search[b, i:i + ht, j:j + wt] * template[b]).sum(axis=(0, 1))
+                out[b, i, j] = (search[b, i : i + ht, j : j + wt] * template[b]).sum(axis=(0, 1))
     return out

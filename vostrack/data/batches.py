@@ -92,12 +92,17 @@ class MixedSource:
         return clip.replace(source=self.names[index])
 
 
-def source_from_path(path: str | Path, size: tuple[int, int] = (384, 384),
-                     num_frames: int = 3, max_gap: int | GapSchedule = 5,
-                     exclude: Sequence[str] = (), augment: AugmentConfig | None = None,
-                     video: VideoSamplingSettings | None = None,
-                     static: StaticClipSettings | None = None,
-                     procedural: ProceduralClipSettings | None = None) -> ClipSource:
+def source_from_path(
+    path: str | Path,
+    size: tuple[int, int] = (384, 384),
+    num_frames: int = 3,
+    max_gap: int | GapSchedule = 5,
+    exclude: Sequence[str] = (),
+    augment: AugmentConfig | None = None,
+    video: VideoSamplingSettings | None = None,
+    static: StaticClipSettings | None = None,
+    procedural: ProceduralClipSettings | None = None,
+) -> ClipSource:
     """The source for one ``--data`` argument, its kind found by
     :func:`~vostrack.data.video_datasets.detect_source`: frames per clip, gaps and augmentation
     as the run says, and the settings of that kind of source (defaults where None)."""
@@ -113,17 +118,26 @@ def source_from_path(path: str | Path, size: tuple[int, int] = (384, 384),
     run = {"num_frames": num_frames, "augment": augment or AugmentConfig(size=tuple(size))}
     kind = detect_source(path)
     if kind == "procedural":
-        return ProceduralSource(with_settings(ProceduralClipConfig,
-                                              procedural or ProceduralClipSettings(),
-                                              max_gap=max_gap, **run))
+        return ProceduralSource(
+            with_settings(
+                ProceduralClipConfig, procedural or ProceduralClipSettings(), max_gap=max_gap, **run
+            )
+        )
     if kind == "images-masks":
-        return StaticClipSource(path, with_settings(StaticClipConfig,
-                                                    static or StaticClipSettings(), **run))
-    dataset = (DavisDataset(path, exclude=exclude) if kind == "davis"
-               else YouTubeVOSDataset(path, exclude=exclude))
-    return VideoClipSource(dataset, with_settings(VideoSamplingConfig,
-                                                  video or VideoSamplingSettings(),
-                                                  max_gap=max_gap, **run))
+        return StaticClipSource(
+            path, with_settings(StaticClipConfig, static or StaticClipSettings(), **run)
+        )
+    dataset = (
+        DavisDataset(path, exclude=exclude)
+        if kind == "davis"
+        else YouTubeVOSDataset(path, exclude=exclude)
+    )
+    return VideoClipSource(
+        dataset,
+        with_settings(
+            VideoSamplingConfig, video or VideoSamplingSettings(), max_gap=max_gap, **run
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------

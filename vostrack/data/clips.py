@@ -30,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import cv2
 import numpy as np
@@ -128,11 +129,14 @@ class Clip:
     def __post_init__(self) -> None:
         frames, labels = self.frames, self.labels
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} "
-                             f"{frames.dtype}")
+            raise ValueError(
+                f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}"
+            )
         if labels.shape != frames.shape[:3] or labels.dtype != np.uint8:
-            raise ValueError(f"labels must be (T, H, W) uint8 matching frames {frames.shape[:3]}, "
-                             f"got {labels.shape} {labels.dtype}")
+            raise ValueError(
+                f"labels must be (T, H, W) uint8 matching frames {frames.shape[:3]}, "
+                f"got {labels.shape} {labels.dtype}"
+            )
         if frames.shape[0] < MIN_FRAMES:
             raise ValueError(f"a clip needs at least {MIN_FRAMES} frames, got {frames.shape[0]}")
         if not 0 <= self.num_objects < VOID:
@@ -221,13 +225,15 @@ class Clip:
                 if box is None:
                     continue
                 boxes[t, k - 1, :n], valid[t, k - 1, :n] = _carried_part_boxes(
-                    mask, box, ref_box, split.cluster_centres, split.cluster_part, n)
+                    mask, box, ref_box, split.cluster_centres, split.cluster_part, n
+                )
         return boxes, valid
 
     # ---- fixed-shape arrays ----------------------------------------------------------------
 
-    def to_arrays(self, max_objects: int, max_parts: int,
-                  parts_config: PartsConfig | None = None) -> dict[str, np.ndarray]:
+    def to_arrays(
+        self, max_objects: int, max_parts: int, parts_config: PartsConfig | None = None
+    ) -> dict[str, np.ndarray]:
         """The clip as fixed-shape arrays (JAX compiles once per shape), objects and parts padded.
 
         Returns (T frames, K = ``max_objects``, P = ``max_parts``):
@@ -240,10 +246,15 @@ class Clip:
           :func:`vostrack.network.parts.batch_parts`' row order).
         """
         if self.num_objects > max_objects:
-            raise ValueError(f"clip has {self.num_objects} objects, more than max_objects="
-                             f"{max_objects}; call limit_objects first")
-        config = (PartsConfig(max_parts=max_parts) if parts_config is None
-                  else dataclasses.replace(parts_config, max_parts=max_parts))
+            raise ValueError(
+                f"clip has {self.num_objects} objects, more than max_objects="
+                f"{max_objects}; call limit_objects first"
+            )
+        config = (
+            PartsConfig(max_parts=max_parts)
+            if parts_config is None
+            else dataclasses.replace(parts_config, max_parts=max_parts)
+        )
         t_count, n = self.num_frames, self.num_objects
         object_boxes = np.zeros((t_count, max_objects, 4), np.float32)
         object_present = np.zeros((t_count, max_objects), bool)
@@ -266,9 +277,14 @@ class Clip:
         }
 
 
-def _carried_part_boxes(mask: np.ndarray, box: np.ndarray, ref_box: np.ndarray,
-                        centres: np.ndarray, cluster_part: np.ndarray, count: int
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def _carried_part_boxes(
+    mask: np.ndarray,
+    box: np.ndarray,
+    ref_box: np.ndarray,
+    centres: np.ndarray,
+    cluster_part: np.ndarray,
+    count: int,
+) -> tuple[np.ndarray, np.ndarray]:
     rows, cols = np.nonzero(mask)
     scale = (ref_box[2:] - ref_box[:2]) / np.maximum(box[2:] - box[:2], 1e-6)
     points = np.stack([rows, cols], axis=1).astype(np.float32) + np.float32(0.5)
@@ -354,8 +370,9 @@ def with_settings(cls: type[_Config], settings: Any, **values: Any) -> _Config:
     """A ``cls`` (a dataclass extending the class of ``settings`` with what the run decides)
     from ``settings`` and the run's ``values``. The fields are taken as they are:
     ``dataclasses.asdict`` would turn nested dataclasses (a :class:`ColourJitter`) into dicts."""
-    return cls(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)},
-               **values)
+    return cls(
+        **{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}, **values
+    )
 
 
 @dataclass(frozen=True)
@@ -375,8 +392,10 @@ class ClipSourceConfig:
 def _crop_affine(scale_y: float, scale_x: float, top: float, left: float) -> np.ndarray:
     # Continuous coordinates (pixel (r, c) covers [r, r+1)); OpenCV's integer pixel centres are
     # at +0.5 of those, hence the -0.5 terms: output = scale * (source - window corner).
-    return np.array([[scale_x, 0.0, scale_x * (0.5 - left) - 0.5],
-                     [0.0, scale_y, scale_y * (0.5 - top) - 0.5]], np.float64)
+    return np.array(
+        [[scale_x, 0.0, scale_x * (0.5 - left) - 0.5], [0.0, scale_y, scale_y * (0.5 - top) - 0.5]],
+        np.float64,
+    )
 
 
 def _flip_affine(affine: np.ndarray, width: int) -> np.ndarray:
@@ -399,11 +418,19 @@ def _warp_frame(frame: np.ndarray, affine: np.ndarray, size: tuple[int, int]) ->
         fx = small.shape[1] / frame.shape[1]
         # Small pixel i is source position (i + 0.5) / f - 0.5 (OpenCV centres): compose.
         pre = np.array([[1 / fx, 0, 0.5 / fx - 0.5], [0, 1 / fy, 0.5 / fy - 0.5]])
-        affine = np.concatenate([affine[:, :2] @ pre[:, :2],
-                                 (affine[:, :2] @ pre[:, 2] + affine[:, 2])[:, None]], axis=1)
+        affine = np.concatenate(
+            [affine[:, :2] @ pre[:, :2], (affine[:, :2] @ pre[:, 2] + affine[:, 2])[:, None]],
+            axis=1,
+        )
         frame = small
-    return cv2.warpAffine(frame, affine, (width, height), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=PAD_COLOUR)
+    return cv2.warpAffine(
+        frame,
+        affine,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=PAD_COLOUR,
+    )
 
 
 def _uniform_log(rng: np.random.Generator, low: float, high: float) -> float:
@@ -460,11 +487,17 @@ def random_crop_scale(clip: Clip, config: AugmentConfig, rng: np.random.Generato
             left = _window_centre(rng, fx, wx, width) - wx / 2
             affine = _crop_affine(scale_y * s, scale_x * s, top, left)
             frames[t] = _warp_frame(clip.frames[t], affine, config.size)
-            labels[t] = cv2.warpAffine(clip.labels[t], affine, (out_w, out_h),
-                                       flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT,
-                                       borderValue=VOID)
+            labels[t] = cv2.warpAffine(
+                clip.labels[t],
+                affine,
+                (out_w, out_h),
+                flags=cv2.INTER_NEAREST,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=VOID,
+            )
         result = clip.replace(frames=frames, labels=labels).relabel_from_reference(
-            config.min_object_pixels)
+            config.min_object_pixels
+        )
         if result.num_objects > 0 or clip.num_objects == 0:
             return result
     log.debug("%s: no object left after %d crops", clip.name, config.attempts)
@@ -476,8 +509,10 @@ def random_flip(clip: Clip, probability: float, rng: np.random.Generator) -> Cli
     coherent)."""
     if rng.random() >= probability:
         return clip
-    return clip.replace(frames=np.ascontiguousarray(clip.frames[:, :, ::-1]),
-                        labels=np.ascontiguousarray(clip.labels[:, :, ::-1]))
+    return clip.replace(
+        frames=np.ascontiguousarray(clip.frames[:, :, ::-1]),
+        labels=np.ascontiguousarray(clip.labels[:, :, ::-1]),
+    )
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -516,16 +551,18 @@ def colour_jitter(clip: Clip, jitter: ColourJitter, rng: np.random.Generator) ->
     return clip.replace(frames=out)
 
 
-def augment_clip(clip: Clip, config: AugmentConfig, rng: np.random.Generator,
-                 geometric: bool = True) -> Clip:
+def augment_clip(
+    clip: Clip, config: AugmentConfig, rng: np.random.Generator, geometric: bool = True
+) -> Clip:
     """Crop/scale to ``config.size`` (when ``geometric``; sources that render at the training
     size already skip it), flip, then colour jitter. Draws from ``rng`` in a fixed order, so a
     clip is reproducible from the generator's state."""
     if geometric:
         clip = random_crop_scale(clip, config, rng)
     elif clip.size != tuple(config.size):
-        raise ValueError(f"clip is {clip.size}, expected {tuple(config.size)} without the "
-                         "geometric augmentation")
+        raise ValueError(
+            f"clip is {clip.size}, expected {tuple(config.size)} without the geometric augmentation"
+        )
     clip = random_flip(clip, config.flip, rng)
     if config.colour is not None:
         clip = colour_jitter(clip, config.colour, rng)

@@ -17,8 +17,9 @@ import collections
 import logging
 import multiprocessing
 import pickle
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,14 @@ class Prefetcher:
     ``workers=0`` makes each batch in the calling process when it is asked for.
     """
 
-    def __init__(self, make_batch: Callable[[int], Any], start: int, end: int,
-                 workers: int = 0, depth: int | None = None) -> None:
+    def __init__(
+        self,
+        make_batch: Callable[[int], Any],
+        start: int,
+        end: int,
+        workers: int = 0,
+        depth: int | None = None,
+    ) -> None:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.make_batch = make_batch
@@ -60,7 +67,7 @@ class Prefetcher:
         self.depth = depth or 2 * max(1, self.workers)
         self._pool: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "Prefetcher":
+    def __enter__(self) -> Prefetcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,8 +84,11 @@ class Prefetcher:
                 yield step, self.make_batch(step)
             return
         self._pool = ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(pickle.dumps(self.make_batch),))
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(pickle.dumps(self.make_batch),),
+        )
         log.info("data: %d worker processes, %d batches ahead", self.workers, self.depth)
         pending: collections.deque[tuple[int, Future]] = collections.deque()
         next_step = self.start

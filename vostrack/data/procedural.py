@@ -29,8 +29,8 @@ from __future__ import annotations
 import colorsys
 import dataclasses
 import math
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Collection, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -127,8 +127,10 @@ class SceneConfig:
             raise ValueError(f"exit_fraction must be in [0, 1], got {self.exit_fraction}")
         if self.depth_change_every < 0:
             raise ValueError("depth_change_every must be >= 0")
-        for name, kinds, allowed in (("shapes", self.shapes, SHAPE_KINDS),
-                                     ("textures", self.textures, TEXTURE_KINDS)):
+        for name, kinds, allowed in (
+            ("shapes", self.shapes, SHAPE_KINDS),
+            ("textures", self.textures, TEXTURE_KINDS),
+        ):
             if kinds is not None:
                 if len(kinds) == 0:
                     raise ValueError(f"{name} must not be empty (use None for random)")
@@ -211,8 +213,15 @@ def object_boxes(labels: np.ndarray, num_objects: int | None = None) -> np.ndarr
 # Textures
 # --------------------------------------------------------------------------------------------
 
-def value_noise(rng: np.random.Generator, height: int, width: int, cells: float = 4.0,
-                octaves: int = 4, persistence: float = 0.5) -> np.ndarray:
+
+def value_noise(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    cells: float = 4.0,
+    octaves: int = 4,
+    persistence: float = 0.5,
+) -> np.ndarray:
     """Multi-octave value noise in [0, 1], float32 (H, W), periodic in both directions.
 
     ``cells`` is the number of random lattice cells along the shorter side at the coarsest
@@ -226,14 +235,19 @@ def value_noise(rng: np.random.Generator, height: int, width: int, cells: float 
     xs = np.arange(width, dtype=np.float32)
     amplitude, total = 1.0, 0.0
     for octave in range(octaves):
-        c = cells * (2 ** octave)
+        c = cells * (2**octave)
         ny = max(1, round(c * height / short))
         nx = max(1, round(c * width / short))
         lattice = rng.random((ny, nx), dtype=np.float32)
         map_x = np.broadcast_to((xs + 0.5) * (nx / width) - 0.5, (height, width))
         map_y = np.broadcast_to(((ys + 0.5) * (ny / height) - 0.5)[:, None], (height, width))
-        layer = cv2.remap(lattice, np.ascontiguousarray(map_x), np.ascontiguousarray(map_y),
-                          interpolation=cv2.INTER_CUBIC, borderMode=cv2.BORDER_WRAP)
+        layer = cv2.remap(
+            lattice,
+            np.ascontiguousarray(map_x),
+            np.ascontiguousarray(map_y),
+            interpolation=cv2.INTER_CUBIC,
+            borderMode=cv2.BORDER_WRAP,
+        )
         out += amplitude * layer
         total += amplitude
         amplitude *= persistence
@@ -291,8 +305,9 @@ def _object_texture(rng: np.random.Generator, size: int, kind: str, hue: float) 
     return _to_uint8(image)
 
 
-def _background_texture(rng: np.random.Generator, height: int, width: int,
-                        hue: float) -> np.ndarray:
+def _background_texture(
+    rng: np.random.Generator, height: int, width: int, hue: float
+) -> np.ndarray:
     """A seamlessly tiling, desaturated, mid-contrast uint8 RGB background of the frame's size."""
     base = value_noise(rng, height, width, cells=3.0, octaves=5, persistence=0.55)
     c0 = _hsv(hue, rng.uniform(0.15, 0.35), rng.uniform(0.25, 0.40))
@@ -313,6 +328,7 @@ def _background_texture(rng: np.random.Generator, height: int, width: int,
 # Shapes and motion
 # --------------------------------------------------------------------------------------------
 
+
 def _shape_outline(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Vertex angles and radii (max radius 1) of a shape in its own frame."""
     if kind == "ellipse":
@@ -326,13 +342,14 @@ def _shape_outline(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.
     elif kind == "star":
         n = int(rng.integers(5, 9))
         phi = np.arange(2 * n) * (math.pi / n) + rng.uniform(-0.08, 0.08, 2 * n)
-        r = np.where(np.arange(2 * n) % 2 == 0, rng.uniform(0.9, 1.0, 2 * n),
-                     rng.uniform(0.42, 0.58))
+        r = np.where(
+            np.arange(2 * n) % 2 == 0, rng.uniform(0.9, 1.0, 2 * n), rng.uniform(0.42, 0.58)
+        )
     elif kind == "blob":
         phi = np.linspace(0, 2 * math.pi, _SMOOTH_VERTICES, endpoint=False)
         r = np.ones_like(phi)
         for k in range(1, 6):
-            r += rng.uniform(0.08, 0.22) / k ** 0.5 * np.sin(k * phi + rng.uniform(0, 2 * math.pi))
+            r += rng.uniform(0.08, 0.22) / k**0.5 * np.sin(k * phi + rng.uniform(0, 2 * math.pi))
         r = 0.6 + 0.4 * (r - r.min()) / max(np.ptp(r), 1e-6)
     else:  # pragma: no cover - guarded by SceneConfig
         raise ValueError(kind)
@@ -340,8 +357,9 @@ def _shape_outline(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.
     return phi.astype(np.float64), r.astype(np.float64)
 
 
-def _axis_path(rng: np.random.Generator, lo: float, hi: float, speed: float
-               ) -> tuple[float, float, float, float, float]:
+def _axis_path(
+    rng: np.random.Generator, lo: float, hi: float, speed: float
+) -> tuple[float, float, float, float, float]:
     """(mid, amplitude, omega, phase0, phase1) of a smooth bounded 1-D path in [lo, hi].
 
     x(t) = mid + amp * (0.75 sin(w t + p0) + 0.25 sin(2.3 w t + p1)): closed form (streaming,
@@ -403,8 +421,10 @@ class Scene:
         bg_hue = float(rng.random())
         self._background = _background_texture(rng, cfg.height, cfg.width, bg_hue)
         pan_angle = rng.uniform(0, 2 * math.pi)
-        self._pan = (cfg.background_pan * math.cos(pan_angle),
-                     cfg.background_pan * math.sin(pan_angle))
+        self._pan = (
+            cfg.background_pan * math.cos(pan_angle),
+            cfg.background_pan * math.sin(pan_angle),
+        )
         self._pan_wobble = (rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi))
 
         # Object hues spread evenly around the colour wheel, starting away from the background's.
@@ -435,7 +455,7 @@ class Scene:
             radii = unit_r * r0
             extent = float(radii.max()) * (1 + cfg.deform_amplitude) * (1 + cfg.scale_amplitude)
 
-            def bounds(size: int) -> tuple[float, float]:
+            def bounds(size: int, extent: float = extent) -> tuple[float, float]:
                 inset = extent * (1 - 2 * cfg.exit_fraction) if cfg.leave_frame else extent
                 lo, hi = inset, size - 1 - inset
                 if lo > hi:  # frame smaller than the object: it wobbles about the middle
@@ -465,21 +485,36 @@ class Scene:
             weights = obj_rng.uniform(0.3, 1.0, 3)
             weights /= weights.sum()
             for harmonic, w in zip((2, 3, 5), weights):
-                deform_terms.append((harmonic, float(w), obj_rng.uniform(0.03, 0.10),
-                                     obj_rng.uniform(0, 2 * math.pi)))
+                deform_terms.append(
+                    (
+                        harmonic,
+                        float(w),
+                        obj_rng.uniform(0.03, 0.10),
+                        obj_rng.uniform(0, 2 * math.pi),
+                    )
+                )
             half = int(math.ceil(float(radii.max()) * (1 + cfg.deform_amplitude))) + 3
-            texture = _object_texture(obj_rng, 2 * half + 1, textures[obj_id - 1],
-                                      hues[obj_id - 1])
+            texture = _object_texture(obj_rng, 2 * half + 1, textures[obj_id - 1], hues[obj_id - 1])
             obj = _Object(
-                obj_id=obj_id, shape=shape, texture_kind=textures[obj_id - 1], phi=phi,
-                radii=radii, extent=extent, path_x=path_x, path_y=path_y,
+                obj_id=obj_id,
+                shape=shape,
+                texture_kind=textures[obj_id - 1],
+                phi=phi,
+                radii=radii,
+                extent=extent,
+                path_x=path_x,
+                path_y=path_y,
                 angle0=obj_rng.uniform(0, 2 * math.pi),
-                spin=float(obj_rng.choice([-1, 1]) * obj_rng.uniform(0.3, 1.0)
-                           * cfg.rotation_speed),
+                spin=float(
+                    obj_rng.choice([-1, 1]) * obj_rng.uniform(0.3, 1.0) * cfg.rotation_speed
+                ),
                 scale_omega=2 * math.pi / obj_rng.uniform(40, 100),
                 scale_phase=obj_rng.uniform(0, 2 * math.pi),
-                deform_terms=deform_terms, texture=texture, first=first,
-                end=cfg.end_frame(obj_id))
+                deform_terms=deform_terms,
+                texture=texture,
+                first=first,
+                end=cfg.end_frame(obj_id),
+            )
             by_id[obj_id] = obj
         self._objects = [by_id[k] for k in range(1, n + 1)]
         self._base_order = tuple(int(k) + 1 for k in rng.permutation(n))
@@ -531,8 +566,9 @@ class Scene:
         lx, ly = r * np.cos(obj.phi), r * np.sin(obj.phi)
         pts = np.stack([cx + ca * lx - sa * ly, cy + sa * lx + ca * ly], axis=1)
         mid = (obj.texture.shape[0] - 1) / 2.0
-        affine = np.array([[ca, -sa, cx - (ca - sa) * mid],
-                           [sa, ca, cy - (sa + ca) * mid]], dtype=np.float64)
+        affine = np.array(
+            [[ca, -sa, cx - (ca - sa) * mid], [sa, ca, cy - (sa + ca) * mid]], dtype=np.float64
+        )
         return pts, affine
 
     def _background_at(self, t: int) -> np.ndarray:
@@ -543,8 +579,13 @@ class Scene:
         # The texture tiles, so only the offset modulo its size matters; reducing it keeps
         # float32 precision for very long videos.
         m = np.array([[1, 0, ox % cfg.width], [0, 1, oy % cfg.height]], dtype=np.float64)
-        return cv2.warpAffine(self._background, m, (cfg.width, cfg.height),
-                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+        return cv2.warpAffine(
+            self._background,
+            m,
+            (cfg.width, cfg.height),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_WRAP,
+        )
 
     def render(self, t: int, *, amodal: bool = False, hide: Collection[int] = ()) -> SceneFrame:
         """Render frame ``t``.
@@ -582,22 +623,27 @@ class Scene:
                 continue
             local = affine.copy()
             local[:, 2] -= (x0, y0)
-            tex = cv2.warpAffine(obj.texture, local, (bw, bh), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REFLECT_101)
+            tex = cv2.warpAffine(
+                obj.texture,
+                local,
+                (bw, bh),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REFLECT_101,
+            )
             region = frame[y0:y1, x0:x1]
             if cfg.antialias:
                 # Soft edge: labelled pixels keep >= 5/9 of the object's colour, pixels just
                 # outside get at most 4/9; the label stays the hard polygon.
                 alpha = cv2.blur(mask, (3, 3)).astype(np.uint16)[..., None]
-                region[...] = ((region * (255 - alpha) + tex * alpha + 127) // 255
-                               ).astype(np.uint8)
+                region[...] = ((region * (255 - alpha) + tex * alpha + 127) // 255).astype(np.uint8)
             else:
                 region[inside] = tex[inside]
             labels[y0:y1, x0:x1][inside] = obj_id
             if full is not None:
                 full[obj_id - 1, y0:y1, x0:x1] = inside
-        return SceneFrame(index=t, frame=frame, labels=labels, present=present,
-                          depth_order=order, amodal=full)
+        return SceneFrame(
+            index=t, frame=frame, labels=labels, present=present, depth_order=order, amodal=full
+        )
 
 
 def iter_scene(config: SceneConfig) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -630,8 +676,11 @@ def stack_frames(frames: Sequence[SceneFrame]) -> tuple[np.ndarray, np.ndarray, 
     """
     if not frames:
         raise ValueError("no frames")
-    return (np.stack([f.frame for f in frames]), np.stack([f.labels for f in frames]),
-            np.stack([f.boxes for f in frames]))
+    return (
+        np.stack([f.frame for f in frames]),
+        np.stack([f.labels for f in frames]),
+        np.stack([f.boxes for f in frames]),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -673,8 +722,9 @@ class ProceduralClipSettings:
         if not 1 <= self.objects[0] <= self.objects[1]:
             raise ValueError(f"objects must be a range 1 <= min <= max, got {self.objects}")
         if not 1 <= self.depth_change_every[0] <= self.depth_change_every[1]:
-            raise ValueError("depth_change_every must be a range 1 <= min <= max, got "
-                             f"{self.depth_change_every}")
+            raise ValueError(
+                f"depth_change_every must be a range 1 <= min <= max, got {self.depth_change_every}"
+            )
 
 
 @dataclass(frozen=True)
@@ -698,8 +748,9 @@ class ProceduralSource:
 
     kind = "procedural"
 
-    def __init__(self, config: ProceduralClipConfig = ProceduralClipConfig(),
-                 name: str = "procedural") -> None:
+    def __init__(
+        self, config: ProceduralClipConfig = ProceduralClipConfig(), name: str = "procedural"
+    ) -> None:
         self.config = config
         self.name = name
         self._gaps = GapSchedule.of(config.max_gap)
@@ -714,18 +765,24 @@ class ProceduralSource:
         high = rng.uniform(low, cfg.object_size[1])
         # The draws stay in this order whatever the settings: a clip is a function of the seed.
         return SceneConfig(
-            height=height, width=width, num_frames=cfg.scene_length,
+            height=height,
+            width=width,
+            num_frames=cfg.scene_length,
             num_objects=int(rng.integers(cfg.objects[0], cfg.objects[1] + 1)),
-            seed=int(rng.integers(0, 2**31 - 1)), object_size=(low, high),
+            seed=int(rng.integers(0, 2**31 - 1)),
+            object_size=(low, high),
             speed=float(rng.uniform(*cfg.speed)),
             rotation_speed=float(rng.uniform(*cfg.rotation_speed)),
             scale_amplitude=float(rng.uniform(*cfg.scale_amplitude)),
             deform_amplitude=float(rng.uniform(*cfg.deform_amplitude)),
             background_pan=float(rng.uniform(*cfg.background_pan)),
             leave_frame=bool(rng.random() < cfg.leave_frame),
-            depth_change_every=int(rng.integers(cfg.depth_change_every[0],
-                                                cfg.depth_change_every[1] + 1))
-            if rng.random() < cfg.depth_changes else 0)
+            depth_change_every=int(
+                rng.integers(cfg.depth_change_every[0], cfg.depth_change_every[1] + 1)
+            )
+            if rng.random() < cfg.depth_changes
+            else 0,
+        )
 
     def sample(self, rng: np.random.Generator, step: int = 0) -> Clip:
         cfg = self.config
@@ -742,12 +799,17 @@ class ProceduralSource:
                 times = times[::-1]  # played backwards: objects that appear as well as leave
             scene = Scene(scene_cfg)
             rendered = [scene.render(int(t)) for t in times]
-            clip = Clip(np.stack([r.frame for r in rendered]),
-                        np.stack([r.labels for r in rendered]), scene_cfg.num_objects,
-                        name=f"scene{scene_cfg.seed}:" + ",".join(str(int(t)) for t in times),
-                        source=self.name)
+            clip = Clip(
+                np.stack([r.frame for r in rendered]),
+                np.stack([r.labels for r in rendered]),
+                scene_cfg.num_objects,
+                name=f"scene{scene_cfg.seed}:" + ",".join(str(int(t)) for t in times),
+                source=self.name,
+            )
             clip = clip.relabel_from_reference(cfg.min_object_pixels)
             if clip.num_objects:
                 return augment_clip(clip, cfg.augment, rng, geometric=False)
-        raise VostrackError("procedural scenes gave no visible object "
-                            f"after {cfg.attempts} attempts (object_size too small?)")
+        raise VostrackError(
+            "procedural scenes gave no visible object "
+            f"after {cfg.attempts} attempts (object_size too small?)"
+        )

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -134,8 +134,13 @@ def _tps_kernel(r2: np.ndarray) -> np.ndarray:
         return np.where(r2 > 0, r2 * np.log(np.maximum(r2, 1e-20)), 0.0)
 
 
-def tps_displacement(size: tuple[int, int], rng: np.random.Generator, grid: int = 4,
-                     sigma: float = 0.03, step: int = 8) -> np.ndarray:
+def tps_displacement(
+    size: tuple[int, int],
+    rng: np.random.Generator,
+    grid: int = 4,
+    sigma: float = 0.03,
+    step: int = 8,
+) -> np.ndarray:
     """A thin-plate-spline displacement field (H, W, 2) float32 (dx, dy in pixels).
 
     Control points on a ``grid`` x ``grid`` lattice over the frame (plus its corners) move by
@@ -170,8 +175,9 @@ def tps_displacement(size: tuple[int, int], rng: np.random.Generator, grid: int 
     return cv2.resize(field, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def elastic_displacement(size: tuple[int, int], rng: np.random.Generator, alpha: float = 0.03,
-                         cells: int = 5) -> np.ndarray:
+def elastic_displacement(
+    size: tuple[int, int], rng: np.random.Generator, alpha: float = 0.03, cells: int = 5
+) -> np.ndarray:
     """An elastic displacement field (H, W, 2) float32: random offsets on a coarse ``cells``
     lattice (std ``alpha`` * min(H, W)) interpolated bicubically, i.e. a smoothed random field
     (Simard et al.'s elastic distortion, with the smoothing done by the coarse lattice)."""
@@ -234,9 +240,15 @@ class _Layer:
     labels: np.ndarray  # uint8 ids (VOID outside what is known)
 
 
-def _walk(rng: np.random.Generator, cfg: StaticClipConfig, count: int, centre: tuple,
-          scale: float, size: tuple[int, int],
-          cover: tuple[int, int] | None = None) -> list[np.ndarray]:
+def _walk(
+    rng: np.random.Generator,
+    cfg: StaticClipConfig,
+    count: int,
+    centre: tuple,
+    scale: float,
+    size: tuple[int, int],
+    cover: tuple[int, int] | None = None,
+) -> list[np.ndarray]:
     """2x3 affines (source -> output) of ``count`` frames: a random walk of rotation, log-scale,
     shear and translation, starting from a random pose that puts source point ``centre`` (x, y)
     near the middle of the output at ``scale``. With ``cover`` (the source's height, width), the
@@ -252,8 +264,10 @@ def _walk(rng: np.random.Generator, cfg: StaticClipConfig, count: int, centre: t
     if cover is not None:
         s = math.exp(log_scale)
         # The output column 0 shows source x = centre_x - tx / s: keep [that, + out_w / s] inside.
-        for value, c, extent, out in ((tx, centre[0], cover[1], out_w),
-                                      (ty, centre[1], cover[0], out_h)):
+        for value, c, extent, out in (
+            (tx, centre[0], cover[1], out_w),
+            (ty, centre[1], cover[0], out_h),
+        ):
             low, high = (c - extent) * s + out, c * s
             clamped = float(np.clip(value, low, high)) if low <= high else (low + high) / 2
             if out == out_w:
@@ -270,15 +284,23 @@ def _walk(rng: np.random.Generator, cfg: StaticClipConfig, count: int, centre: t
             ty += rng.uniform(-cfg.translation, cfg.translation) * short
         a = math.radians(angle)
         s = math.exp(log_scale)
-        linear = s * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) \
+        linear = (
+            s
+            * np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
             @ np.array([[1.0, shear], [0.0, 1.0]])
+        )
         offset = np.array([tx, ty]) - linear @ np.asarray(centre, np.float64)
         affines.append(np.concatenate([linear, offset[:, None]], axis=1))
     return affines
 
 
-def _render(image: np.ndarray, labels: np.ndarray, affine: np.ndarray,
-            displacement: np.ndarray | None, grid: np.ndarray) -> _Layer:
+def _render(
+    image: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    displacement: np.ndarray | None,
+    grid: np.ndarray,
+) -> _Layer:
     """Warp one source through ``affine`` (source -> output) after the output-space
     ``displacement``: output pixel p samples the source at affine^-1(p + d(p)). The image and
     its labels share the coordinate maps (bilinear / nearest)."""
@@ -288,8 +310,9 @@ def _render(image: np.ndarray, labels: np.ndarray, affine: np.ndarray,
     px, py = points[..., 0], points[..., 1]
     map_x = a * px + b * py + c  # float32: plain Python floats keep numpy from upcasting
     map_y = d * px + e * py + f
-    out_labels = cv2.remap(labels, map_x, map_y, cv2.INTER_NEAREST,
-                           borderMode=cv2.BORDER_CONSTANT, borderValue=VOID)
+    out_labels = cv2.remap(
+        labels, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=VOID
+    )
     scale = math.sqrt(abs(np.linalg.det(affine[:, :2])))
     if scale < 0.6:
         # A strong shrink would alias under bilinear sampling: sample a copy shrunk with
@@ -300,8 +323,14 @@ def _render(image: np.ndarray, labels: np.ndarray, affine: np.ndarray,
         fx = image.shape[1] / labels.shape[1]
         map_x = map_x * fx + (0.5 * fx - 0.5)
         map_y = map_y * fy + (0.5 * fy - 0.5)
-    out_image = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=PAD_COLOUR)
+    out_image = cv2.remap(
+        image,
+        map_x,
+        map_y,
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=PAD_COLOUR,
+    )
     return _Layer(out_image, out_labels)
 
 
@@ -313,8 +342,10 @@ def _object_pose(labels: np.ndarray, ids: Sequence[int]) -> tuple[tuple[float, f
     if rows.size == 0:
         h, w = labels.shape
         return (w / 2, h / 2), float(max(h, w))
-    return (((cols[0] + cols[-1] + 1) / 2, (rows[0] + rows[-1] + 1) / 2),
-            float(max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])))
+    return (
+        ((cols[0] + cols[-1] + 1) / 2, (rows[0] + rows[-1] + 1) / 2),
+        float(max(rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0])),
+    )
 
 
 def _cover_scale(shape: tuple[int, int], size: tuple[int, int]) -> float:
@@ -330,21 +361,26 @@ def _composite(frame: np.ndarray, layer: _Layer, mask: np.ndarray) -> None:
         return
     y0, y1 = max(rows[0] - 1, 0), rows[-1] + 2
     x0, x1 = max(cols[0] - 1, 0), cols[-1] + 2
-    alpha = cv2.blur(mask[y0:y1, x0:x1].astype(np.float32), (3, 3),
-                     borderType=cv2.BORDER_REPLICATE)[..., None]
+    alpha = cv2.blur(
+        mask[y0:y1, x0:x1].astype(np.float32), (3, 3), borderType=cv2.BORDER_REPLICATE
+    )[..., None]
     region = frame[y0:y1, x0:x1]
-    region[...] = (region * (1 - alpha) + layer.image[y0:y1, x0:x1] * alpha + 0.5
-                   ).astype(np.uint8)
+    region[...] = (region * (1 - alpha) + layer.image[y0:y1, x0:x1] * alpha + 0.5).astype(np.uint8)
 
 
-def make_static_clip(pairs: Sequence[tuple[Path, Path]], config: StaticClipConfig,
-                     rng: np.random.Generator, reader=read_image_mask) -> Clip:
+def make_static_clip(
+    pairs: Sequence[tuple[Path, Path]],
+    config: StaticClipConfig,
+    rng: np.random.Generator,
+    reader=read_image_mask,
+) -> Clip:
     """One synthetic clip (before flip/colour augmentation) from a random pair of ``pairs``;
     ``reader`` maps (image path, mask path) to (image, labels, number of objects)."""
     size = tuple(config.augment.size)
     out_h, out_w = size
-    grid = np.stack(np.meshgrid(np.arange(out_w, dtype=np.float32),
-                                np.arange(out_h, dtype=np.float32)), axis=-1)
+    grid = np.stack(
+        np.meshgrid(np.arange(out_w, dtype=np.float32), np.arange(out_h, dtype=np.float32)), axis=-1
+    )
     count = config.num_frames
     deform = config.deform
     if deform == "random":
@@ -374,8 +410,7 @@ def make_static_clip(pairs: Sequence[tuple[Path, Path]], config: StaticClipConfi
         # The image is the whole scene: do not zoom out past the point where it covers the output.
         # 1.2: room for the rotation and drift of the walk before the image border shows.
         scale = max(scale, 1.2 * _cover_scale(labels.shape, size))
-    affines = _walk(rng, config, count, centre, scale, size,
-                    cover=None if swap else labels.shape)
+    affines = _walk(rng, config, count, centre, scale, size, cover=None if swap else labels.shape)
     frames = np.empty((count, out_h, out_w, 3), np.uint8)
     out_labels = np.empty((count, out_h, out_w), np.uint8)
     if swap:
@@ -438,8 +473,12 @@ class StaticClipSource:
 
     kind = "images-masks"
 
-    def __init__(self, root: str | Path | Sequence[tuple[Path, Path]],
-                 config: StaticClipConfig = StaticClipConfig(), name: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path | Sequence[tuple[Path, Path]],
+        config: StaticClipConfig = StaticClipConfig(),
+        name: str | None = None,
+    ) -> None:
         if isinstance(root, (str, Path)):
             self.root = Path(root)
             self.pairs = find_image_mask_pairs(self.root)
@@ -464,5 +503,7 @@ class StaticClipSource:
                 continue
             clip = augment_clip(clip, cfg.augment, rng, geometric=False)
             return clip.replace(source=self.name)
-        raise VostrackError(f"{self.root}: no synthetic clip with a visible object after "
-                            f"{cfg.attempts} attempts (are the masks empty?)")
+        raise VostrackError(
+            f"{self.root}: no synthetic clip with a visible object after "
+            f"{cfg.attempts} attempts (are the masks empty?)"
+        )

@@ -26,9 +26,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -64,8 +64,9 @@ DAVIS_RESOLUTIONS = ("480p", "Full-Resolution", "1080p")
 
 def _davis_resolution(root: Path) -> str | None:
     for resolution in DAVIS_RESOLUTIONS:
-        if (root / "JPEGImages" / resolution).is_dir() and \
-                (root / "Annotations" / resolution).is_dir():
+        if (root / "JPEGImages" / resolution).is_dir() and (
+            root / "Annotations" / resolution
+        ).is_dir():
             return resolution
     return None
 
@@ -88,8 +89,7 @@ def detect_source(path: str | Path) -> str:
         return "procedural"
     root = Path(path)
     if not root.exists():
-        raise VostrackError(f"training data {root} does not exist (give a folder, or "
-                            "'procedural')")
+        raise VostrackError(f"training data {root} does not exist (give a folder, or 'procedural')")
     if not root.is_dir():
         raise VostrackError(f"training data {root} is not a folder")
     if _davis_resolution(root) is not None:
@@ -101,7 +101,8 @@ def detect_source(path: str | Path) -> str:
     raise VostrackError(
         f"{root}: unknown training data layout; expected a DAVIS tree (JPEGImages/480p, "
         f"Annotations/480p), a YouTube-VOS tree (train/JPEGImages, train/Annotations), a folder "
-        f"with images/ and masks/, or 'procedural'")
+        f"with images/ and masks/, or 'procedural'"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,24 +134,36 @@ class VideoSequence:
 
 
 def _list_images(folder: Path) -> list[str]:
-    names = [p.name for p in folder.iterdir()
-             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    names = [
+        p.name
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
     return sorted(names, key=natural_key)
 
 
-def _make_sequence(name: str, image_dir: Path, annotation_dir: Path,
-                   meta_objects: dict | None = None) -> VideoSequence | None:
+def _make_sequence(
+    name: str, image_dir: Path, annotation_dir: Path, meta_objects: dict | None = None
+) -> VideoSequence | None:
     if not image_dir.is_dir() or not annotation_dir.is_dir():
         return None
     frames = _list_images(image_dir)
     position = {Path(f).stem: i for i, f in enumerate(frames)}
-    pngs = sorted((p.name for p in annotation_dir.iterdir()
-                   if p.suffix.lower() == ".png" and not p.name.startswith(".")),
-                  key=natural_key)
+    pngs = sorted(
+        (
+            p.name
+            for p in annotation_dir.iterdir()
+            if p.suffix.lower() == ".png" and not p.name.startswith(".")
+        ),
+        key=natural_key,
+    )
     annotated = [(position[Path(p).stem], p) for p in pngs if Path(p).stem in position]
     if len(annotated) < len(pngs):
-        log.warning("%s: %d annotation(s) without a frame of the same name ignored", name,
-                    len(pngs) - len(annotated))
+        log.warning(
+            "%s: %d annotation(s) without a frame of the same name ignored",
+            name,
+            len(pngs) - len(annotated),
+        )
     annotated.sort()
     objects = None
     if meta_objects is not None:
@@ -158,9 +171,15 @@ def _make_sequence(name: str, image_dir: Path, annotation_dir: Path,
         for key, info in meta_objects.items():
             found = tuple(sorted(position[s] for s in info.get("frames", []) if s in position))
             objects[int(key)] = found
-    return VideoSequence(name=name, image_dir=image_dir, annotation_dir=annotation_dir,
-                         frames=tuple(frames), annotated=tuple(a for a, _ in annotated),
-                         annotation_files=tuple(p for _, p in annotated), objects=objects)
+    return VideoSequence(
+        name=name,
+        image_dir=image_dir,
+        annotation_dir=annotation_dir,
+        frames=tuple(frames),
+        annotated=tuple(a for a, _ in annotated),
+        annotation_files=tuple(p for _, p in annotated),
+        objects=objects,
+    )
 
 
 class VideoDataset:
@@ -188,8 +207,9 @@ class VideoDataset:
         """Frame ``position`` of ``seq``, RGB uint8 (H, W, 3)."""
         return read_image_rgb(seq.image_dir / seq.frames[position])
 
-    def read_labels(self, seq: VideoSequence, position: int,
-                    size: tuple[int, int] | None = None) -> np.ndarray:
+    def read_labels(
+        self, seq: VideoSequence, position: int, size: tuple[int, int] | None = None
+    ) -> np.ndarray:
         """The label map (H, W) uint8 of annotated frame ``position``: 0 bg, k object k, VOID.
 
         ``size`` (height, width) resizes it (nearest) when the PNG's size differs from the
@@ -208,8 +228,14 @@ class VideoDataset:
             self._binary[seq.name] = binary
         labels = (raw > 127).astype(np.uint8) if binary else raw
         if size is not None and labels.shape != tuple(size):
-            log.debug("%s: %dx%d annotation resized to its %dx%d frame", path,
-                      labels.shape[1], labels.shape[0], size[1], size[0])
+            log.debug(
+                "%s: %dx%d annotation resized to its %dx%d frame",
+                path,
+                labels.shape[1],
+                labels.shape[0],
+                size[1],
+                size[0],
+            )
             labels = cv2.resize(labels, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
         return labels
 
@@ -233,18 +259,25 @@ class DavisDataset(VideoDataset):
 
     kind = "davis"
 
-    def __init__(self, root: str | Path, split: str | None = "train",
-                 sequences: Sequence[str] | None = None, exclude: Sequence[str] = (),
-                 resolution: str | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = "train",
+        sequences: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        resolution: str | None = None,
+    ) -> None:
         root = Path(root)
         resolution = resolution or _davis_resolution(root)
         if resolution is None:
-            raise VostrackError(f"{root}: not a DAVIS tree (no JPEGImages/480p and "
-                                "Annotations/480p)")
+            raise VostrackError(
+                f"{root}: not a DAVIS tree (no JPEGImages/480p and Annotations/480p)"
+            )
         images = root / "JPEGImages" / resolution
         annotations = root / "Annotations" / resolution
-        available = sorted(p.name for p in annotations.iterdir()
-                           if p.is_dir() and (images / p.name).is_dir())
+        available = sorted(
+            p.name for p in annotations.iterdir() if p.is_dir() and (images / p.name).is_dir()
+        )
         if sequences is not None:
             names = list(sequences)
         elif split is not None and (root / "ImageSets").is_dir():
@@ -253,8 +286,10 @@ class DavisDataset(VideoDataset):
             names = available
         missing = [n for n in names if n not in set(available)]
         if missing:
-            raise VostrackError(f"{root}: sequence '{missing[0]}' has no image and annotation "
-                                f"folders ({len(missing)} missing)")
+            raise VostrackError(
+                f"{root}: sequence '{missing[0]}' has no image and annotation "
+                f"folders ({len(missing)} missing)"
+            )
         seqs = [_make_sequence(n, images / n, annotations / n) for n in names]
         seqs = _filter([s for s in seqs if s is not None and s.annotated], exclude)
         if not seqs:
@@ -264,17 +299,25 @@ class DavisDataset(VideoDataset):
 
     @staticmethod
     def _read_split(root: Path, split: str) -> list[str]:
-        years = sorted((p for p in (root / "ImageSets").iterdir() if p.is_dir()),
-                       key=lambda p: natural_key(p.name), reverse=True)
+        years = sorted(
+            (p for p in (root / "ImageSets").iterdir() if p.is_dir()),
+            key=lambda p: natural_key(p.name),
+            reverse=True,
+        )
         for year in years:
             listing = year / f"{split}.txt"
             if listing.is_file():
-                names = [ln.strip() for ln in listing.read_text(encoding="utf-8").splitlines()
-                         if ln.strip()]
+                names = [
+                    ln.strip()
+                    for ln in listing.read_text(encoding="utf-8").splitlines()
+                    if ln.strip()
+                ]
                 log.info("DAVIS %s: sequences of %s", root, listing)
                 return list(dict.fromkeys(names))
-        raise VostrackError(f"{root}: ImageSets has no {split}.txt (is this an evaluation "
-                            f"tree?); pass split=None to train on every sequence")
+        raise VostrackError(
+            f"{root}: ImageSets has no {split}.txt (is this an evaluation "
+            f"tree?); pass split=None to train on every sequence"
+        )
 
 
 class YouTubeVOSDataset(VideoDataset):
@@ -284,13 +327,15 @@ class YouTubeVOSDataset(VideoDataset):
 
     kind = "youtube-vos"
 
-    def __init__(self, root: str | Path, exclude: Sequence[str] = (),
-                 use_meta: bool = True) -> None:
+    def __init__(
+        self, root: str | Path, exclude: Sequence[str] = (), use_meta: bool = True
+    ) -> None:
         root = Path(root)
         split = _youtube_split_dir(root)
         if split is None:
-            raise VostrackError(f"{root}: not a YouTube-VOS tree (no train/JPEGImages and "
-                                "train/Annotations)")
+            raise VostrackError(
+                f"{root}: not a YouTube-VOS tree (no train/JPEGImages and train/Annotations)"
+            )
         meta_videos = None
         meta_file = split / "meta.json"
         if use_meta and meta_file.is_file():
@@ -322,8 +367,13 @@ class YouTubeVOSDataset(VideoDataset):
 # --------------------------------------------------------------------------------------------
 
 
-def pick_frames(positions: Sequence[int], count: int, max_gap: int,
-                rng: np.random.Generator, first_gap: int | None = None) -> list[int] | None:
+def pick_frames(
+    positions: Sequence[int],
+    count: int,
+    max_gap: int,
+    rng: np.random.Generator,
+    first_gap: int | None = None,
+) -> list[int] | None:
     """``count`` annotated positions in order, each within ``max_gap`` frames of the one before
     (``first_gap`` for the reference -> next step; default ``max_gap``), drawn uniformly among
     those in reach. Where annotations are sparser than ``max_gap``, the next annotated frame is
@@ -387,8 +437,12 @@ class VideoClipSource:
     """Clips of ``num_frames`` frames from a :class:`VideoDataset`, augmented to the training
     size: a :class:`vostrack.data.clips.ClipSource`."""
 
-    def __init__(self, dataset: VideoDataset, config: VideoSamplingConfig = VideoSamplingConfig(),
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        dataset: VideoDataset,
+        config: VideoSamplingConfig = VideoSamplingConfig(),
+        name: str | None = None,
+    ) -> None:
         self.dataset = dataset
         self.config = config
         self.name = name or f"{dataset.kind}:{Path(dataset.root).name}"
@@ -396,11 +450,17 @@ class VideoClipSource:
         # Every frame of a clip needs a mask: only sequences with enough annotated frames.
         self.sequences = [s for s in dataset.sequences if len(s.annotated) >= config.num_frames]
         if not self.sequences:
-            raise VostrackError(f"{dataset.root}: no sequence has {config.num_frames} annotated "
-                                "frames (a clip needs a mask on each of its frames)")
+            raise VostrackError(
+                f"{dataset.root}: no sequence has {config.num_frames} annotated "
+                "frames (a clip needs a mask on each of its frames)"
+            )
         if len(self.sequences) < len(dataset.sequences):
-            log.info("%s: %d sequence(s) with fewer than %d annotated frames skipped",
-                     dataset.root, len(dataset.sequences) - len(self.sequences), config.num_frames)
+            log.info(
+                "%s: %d sequence(s) with fewer than %d annotated frames skipped",
+                dataset.root,
+                len(dataset.sequences) - len(self.sequences),
+                config.num_frames,
+            )
 
     def __repr__(self) -> str:
         return f"VideoClipSource({self.dataset!r})"
@@ -435,11 +495,13 @@ class VideoClipSource:
             clip = augment_clip(clip, cfg.augment, rng)
             if clip.num_objects:
                 return clip
-        raise VostrackError(f"{self.dataset!r}: no clip with a visible object after "
-                            f"{cfg.attempts} attempts")
+        raise VostrackError(
+            f"{self.dataset!r}: no clip with a visible object after {cfg.attempts} attempts"
+        )
 
-    def _read_clip(self, seq: VideoSequence, picked: list[int],
-                   rng: np.random.Generator) -> Clip | None:
+    def _read_clip(
+        self, seq: VideoSequence, picked: list[int], rng: np.random.Generator
+    ) -> Clip | None:
         cfg = self.config
         first = self.dataset.read_frame(seq, picked[0])
         size = first.shape[:2]
@@ -463,5 +525,4 @@ class VideoClipSource:
         lut[VOID] = VOID
         lut[np.array(ids)] = np.arange(1, len(ids) + 1, dtype=np.uint8)
         name = f"{seq.name}:" + ",".join(Path(seq.frames[p]).stem for p in picked)
-        return Clip(np.stack(frames), lut[np.stack(labels)], len(ids), name=name,
-                    source=self.name)
+        return Clip(np.stack(frames), lut[np.stack(labels)], len(ids), name=name, source=self.name)

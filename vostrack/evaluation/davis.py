@@ -17,9 +17,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -47,8 +47,16 @@ ANNOTATIONS = Path("Annotations") / "480p"
 IMAGES = Path("JPEGImages") / "480p"
 IMAGE_SETS = Path("ImageSets")
 VOID_LABEL = 255
-CSV_HEADER = ("sequence", "object", "J_mean", "J_recall", "J_decay", "F_mean", "F_recall",
-              "F_decay")
+CSV_HEADER = (
+    "sequence",
+    "object",
+    "J_mean",
+    "J_recall",
+    "J_decay",
+    "F_mean",
+    "F_recall",
+    "F_decay",
+)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -117,11 +125,15 @@ class DavisTree:
         """Every sequence with both an annotation folder and an image folder, sorted."""
         if not self.annotations_dir.is_dir():
             return []
-        return sorted(p.name for p in self.annotations_dir.iterdir()
-                      if p.is_dir() and (self.images_dir / p.name).is_dir())
+        return sorted(
+            p.name
+            for p in self.annotations_dir.iterdir()
+            if p.is_dir() and (self.images_dir / p.name).is_dir()
+        )
 
-    def sequences(self, set_file: str | Path | None = None,
-                  names: Sequence[str] | None = None) -> list[str]:
+    def sequences(
+        self, set_file: str | Path | None = None, names: Sequence[str] | None = None
+    ) -> list[str]:
         """The sequences to work on.
 
         Default: every available sequence. ``set_file`` restricts to (and orders by) the names it
@@ -131,7 +143,8 @@ class DavisTree:
         if not available:
             raise VostrackError(
                 f"no DAVIS sequences found: looked for folders in {self.annotations_dir} "
-                f"with a matching folder in {self.images_dir}")
+                f"with a matching folder in {self.images_dir}"
+            )
         known = set(available)
         chosen = available
         if set_file is not None:
@@ -151,8 +164,7 @@ class DavisTree:
 
     def _unknown_message(self, name: str) -> str:
         if (self.annotations_dir / name).is_dir():
-            return (f"sequence '{name}' has annotations but no image folder "
-                    f"{self.images_dir / name}")
+            return f"sequence '{name}' has annotations but no image folder {self.images_dir / name}"
         return f"unknown sequence '{name}': there is no folder {self.annotations_dir / name}"
 
     def _read_set_file(self, set_file: Path, known: set[str]) -> list[str]:
@@ -169,7 +181,8 @@ class DavisTree:
         if unknown:
             raise VostrackError(
                 f"set file {set_file} lists {len(unknown)} sequence(s) not in the tree, first: "
-                f"'{unknown[0]}' ({self._unknown_message(unknown[0])})")
+                f"'{unknown[0]}' ({self._unknown_message(unknown[0])})"
+            )
         return names
 
     def frame_names(self, seq: str) -> list[str]:
@@ -208,22 +221,24 @@ class DavisTree:
         if layout.n_objects == 0:
             raise VostrackError(
                 f"sequence '{seq}': the first annotation {self.annotation_path(seq, frames[0])} "
-                f"has no object")
+                f"has no object"
+            )
         self._layouts[seq] = layout
         return layout
 
     def n_objects(self, seq: str) -> int:
         return self._layout(seq).n_objects
 
-    def iter_ground_truth(self, seq: str, frames: Iterable[str] | None = None
-                          ) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
+    def iter_ground_truth(
+        self, seq: str, frames: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
         """Yield ``(frame, masks (n_objects, H, W) bool, void (H, W) bool or None)`` per frame.
 
         One frame at a time, so long sequences never need their whole stack in memory.
         """
         layout = self._layout(seq)
         ids = np.arange(1, layout.n_objects + 1, dtype=np.uint8)[:, None, None]
-        for frame in (self.frame_names(seq) if frames is None else frames):
+        for frame in self.frame_names(seq) if frames is None else frames:
             labels = _read_png(self.annotation_path(seq, frame))
             if layout.davis2016:
                 yield frame, (labels > 0)[None], None
@@ -259,8 +274,9 @@ class Measures:
 
     @classmethod
     def mean_of(cls, items: Sequence[Measures]) -> Measures:
-        columns = np.array([[getattr(m, name) for name in _MEASURE_FIELDS] for m in items],
-                           dtype=np.float64).reshape(-1, len(_MEASURE_FIELDS))
+        columns = np.array(
+            [[getattr(m, name) for name in _MEASURE_FIELDS] for m in items], dtype=np.float64
+        ).reshape(-1, len(_MEASURE_FIELDS))
         if columns.shape[0] == 0:
             return cls(*([math.nan] * len(_MEASURE_FIELDS)))
         return cls(*(float(v) for v in columns.mean(axis=0)))
@@ -300,8 +316,9 @@ class Report:
         groups: dict[str, list[Measures]] = {}
         for obj in self.objects:
             groups.setdefault(obj.sequence, []).append(obj.measures)
-        return [SequenceScore(seq, len(items), Measures.mean_of(items))
-                for seq, items in groups.items()]
+        return [
+            SequenceScore(seq, len(items), Measures.mean_of(items)) for seq, items in groups.items()
+        ]
 
     @property
     def overall(self) -> Measures:
@@ -312,14 +329,21 @@ class Report:
         rows = [(s.sequence, s.n_objects, s.measures) for s in self.sequences]
         overall = ("ALL", len(self.objects), self.overall)
         width = max([len("sequence")] + [len(r[0]) for r in rows])
-        titles = ("objects", "J&F", "J-Mean", "F-Mean", "J-Recall", "F-Recall", "J-Decay",
-                  "F-Decay")
+        titles = (
+            "objects",
+            "J&F",
+            "J-Mean",
+            "F-Mean",
+            "J-Recall",
+            "F-Recall",
+            "J-Decay",
+            "F-Decay",
+        )
         header = f"{'sequence':<{width}}  " + "  ".join(f"{t:>8}" for t in titles)
 
         def line(name: str, count: int, m: Measures) -> str:
             numbers = (m.jf, m.j_mean, m.f_mean, m.j_recall, m.f_recall, m.j_decay, m.f_decay)
-            return (f"{name:<{width}}  {count:>8}  "
-                    + "  ".join(f"{v:>8.3f}" for v in numbers))
+            return f"{name:<{width}}  {count:>8}  " + "  ".join(f"{v:>8.3f}" for v in numbers)
 
         out = [header, "-" * len(header)]
         out += [line(*row) for row in rows]
@@ -330,8 +354,9 @@ class Report:
         """The CSV content, header first, ``ALL`` (global means) last."""
         rows = [list(CSV_HEADER)]
         for obj in self.objects:
-            rows.append([obj.sequence, str(obj.object_id)]
-                        + [f"{v:.6f}" for v in obj.measures.values()])
+            rows.append(
+                [obj.sequence, str(obj.object_id)] + [f"{v:.6f}" for v in obj.measures.values()]
+            )
         rows.append(["ALL", ""] + [f"{v:.6f}" for v in self.overall.values()])
         return rows
 
@@ -344,14 +369,20 @@ class Report:
 
     def as_dict(self) -> dict:
         """A JSON-ready summary (e.g. for :func:`vostrack.io.atomic.write_json`)."""
+
         def flat(m: Measures) -> dict:
             return {**asdict(m), "jf": m.jf}
+
         return {
             "global": {"n_objects": len(self.objects), **flat(self.overall)},
-            "sequences": [{"sequence": s.sequence, "n_objects": s.n_objects, **flat(s.measures)}
-                          for s in self.sequences],
-            "objects": [{"sequence": o.sequence, "object": o.object_id, **flat(o.measures)}
-                        for o in self.objects],
+            "sequences": [
+                {"sequence": s.sequence, "n_objects": s.n_objects, **flat(s.measures)}
+                for s in self.sequences
+            ],
+            "objects": [
+                {"sequence": o.sequence, "object": o.object_id, **flat(o.measures)}
+                for o in self.objects
+            ],
         }
 
 
@@ -360,7 +391,8 @@ def _scored_frames(tree: DavisTree, seq: str) -> list[str]:
     if len(frames) < 3:
         raise VostrackError(
             f"sequence '{seq}' has {len(frames)} annotated frame(s); scoring drops the first "
-            f"and last frame, so it needs at least 3")
+            f"and last frame, so it needs at least 3"
+        )
     return frames[1:-1]
 
 
@@ -378,7 +410,8 @@ def check_results(tree: DavisTree, results_dir: str | Path, sequences: Sequence[
         if missing:
             raise VostrackError(
                 f"results for sequence '{seq}' miss {len(missing)} of {len(frames)} scored "
-                f"frames, first missing: {folder / (missing[0] + '.png')}")
+                f"frames, first missing: {folder / (missing[0] + '.png')}"
+            )
 
 
 def score_sequence(tree: DavisTree, results_dir: str | Path, seq: str) -> list[ObjectScore]:
@@ -395,27 +428,37 @@ def score_sequence(tree: DavisTree, results_dir: str | Path, seq: str) -> list[O
         if labels.shape != gt_masks.shape[1:]:
             raise VostrackError(
                 f"{path} is {labels.shape[1]}x{labels.shape[0]} but the ground truth of "
-                f"sequence '{seq}' is {gt_masks.shape[2]}x{gt_masks.shape[1]}")
+                f"sequence '{seq}' is {gt_masks.shape[2]}x{gt_masks.shape[1]}"
+            )
         top = int(labels.max())
         if top > n_objects:
             raise VostrackError(
                 f"results for sequence '{seq}' have object id {top} in {path.name} but the "
-                f"ground truth has {n_objects} object(s) (result PNG index = object id)")
+                f"ground truth has {n_objects} object(s) (result PNG index = object id)"
+            )
         # Ids absent from the results are empty masks, as the official zero padding.
         pred_masks = labels[None] == ids
         # The official semi-supervised evaluation passes no void mask, so neither do we.
         for k in range(n_objects):
             j[k, t] = jaccard(gt_masks[k], pred_masks[k])
             f[k, t] = boundary_f(gt_masks[k], pred_masks[k])
-    scores = [ObjectScore(seq, k + 1, Measures(*statistics(j[k]), *statistics(f[k])))
-              for k in range(n_objects)]
-    log.info("scored %s: %d object(s), %d frame(s), J&F %.3f", seq, n_objects, len(frames),
-             Measures.mean_of([s.measures for s in scores]).jf)
+    scores = [
+        ObjectScore(seq, k + 1, Measures(*statistics(j[k]), *statistics(f[k])))
+        for k in range(n_objects)
+    ]
+    log.info(
+        "scored %s: %d object(s), %d frame(s), J&F %.3f",
+        seq,
+        n_objects,
+        len(frames),
+        Measures.mean_of([s.measures for s in scores]).jf,
+    )
     return scores
 
 
-def score(tree: DavisTree, results_dir: str | Path,
-          sequences: Sequence[str] | None = None) -> Report:
+def score(
+    tree: DavisTree, results_dir: str | Path, sequences: Sequence[str] | None = None
+) -> Report:
     """Score ``results_dir`` against the tree, semi-supervised protocol.
 
     ``sequences`` defaults to every sequence of the tree (see :meth:`DavisTree.sequences`).

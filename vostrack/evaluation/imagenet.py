@@ -58,9 +58,9 @@ import dataclasses
 import logging
 import os
 import re
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -124,8 +124,9 @@ def read_synsets(path: Path) -> list[str]:
     for n, tokens in rows:
         wnids = [i for i, t in enumerate(tokens[:3]) if _WNID.fullmatch(t)]
         if not wnids:
-            raise VostrackError(f"{path}: line {n}: no WordNet id (n########) in "
-                                f"{' '.join(tokens)[:60]!r}")
+            raise VostrackError(
+                f"{path}: line {n}: no WordNet id (n########) in {' '.join(tokens)[:60]!r}"
+            )
         w = wnids[0]
         ids = [t for i, t in enumerate(tokens[:2]) if i != w and t.isdigit()]
         entries.append((int(ids[0]) if ids else None, tokens[w]))
@@ -140,8 +141,10 @@ def read_synsets(path: Path) -> list[str]:
             by_id[ident] = wnid
         missing = [i for i in range(1, NUM_CLASSES + 1) if i not in by_id]
         if missing:
-            raise VostrackError(f"{path}: no synset for ILSVRC2012_ID {missing[0]} "
-                                f"({len(missing)} of 1..{NUM_CLASSES} missing)")
+            raise VostrackError(
+                f"{path}: no synset for ILSVRC2012_ID {missing[0]} "
+                f"({len(missing)} of 1..{NUM_CLASSES} missing)"
+            )
         wnids = [by_id[i] for i in range(1, NUM_CLASSES + 1)]
     else:
         wnids = [wnid for _, wnid in entries]
@@ -176,12 +179,16 @@ def read_labels(path: Path) -> LabelsFile:
         values = []
         for n, (token,) in rows:
             if not token.isdigit():
-                raise VostrackError(f"{path}: line {n}: {token!r} is not an ILSVRC2012_ID "
-                                    "(a devkit ground truth has one integer per line)")
+                raise VostrackError(
+                    f"{path}: line {n}: {token!r} is not an ILSVRC2012_ID "
+                    "(a devkit ground truth has one integer per line)"
+                )
             value = int(token)
             if not 1 <= value <= NUM_CLASSES:
-                raise VostrackError(f"{path}: line {n}: ILSVRC2012_ID {value} outside "
-                                    f"1..{NUM_CLASSES} (a devkit ground truth is 1-based)")
+                raise VostrackError(
+                    f"{path}: line {n}: ILSVRC2012_ID {value} outside "
+                    f"1..{NUM_CLASSES} (a devkit ground truth is 1-based)"
+                )
             values.append(value)
         return LabelsFile(Path(path), "devkit", tuple(values))
     if widths == {2}:
@@ -191,8 +198,10 @@ def read_labels(path: Path) -> LabelsFile:
                 raise VostrackError(f"{path}: line {n}: {token!r} is not a class index")
             value = int(token)
             if not 0 <= value < NUM_CLASSES:
-                raise VostrackError(f"{path}: line {n}: label {value} outside 0..{NUM_CLASSES - 1}"
-                                    " (a two-column labels file is 0-based, sorted-synset order)")
+                raise VostrackError(
+                    f"{path}: line {n}: label {value} outside 0..{NUM_CLASSES - 1}"
+                    " (a two-column labels file is 0-based, sorted-synset order)"
+                )
             name = Path(name).name
             if name in seen:
                 raise VostrackError(f"{path}: line {n}: {name} is listed twice")
@@ -200,8 +209,10 @@ def read_labels(path: Path) -> LabelsFile:
             names.append(name)
             values.append(value)
         return LabelsFile(Path(path), "sorted", tuple(values), tuple(names))
-    raise VostrackError(f"{path}: expected one ILSVRC2012_ID per line (devkit ground truth) or "
-                        "two columns 'IMAGE LABEL' (0-based, sorted-synset order) on every line")
+    raise VostrackError(
+        f"{path}: expected one ILSVRC2012_ID per line (devkit ground truth) or "
+        "two columns 'IMAGE LABEL' (0-based, sorted-synset order) on every line"
+    )
 
 
 # ---------------------------------------------------------------------------------- val set
@@ -216,16 +227,18 @@ class ValSet:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def head(self, limit: int | None) -> "ValSet":
+    def head(self, limit: int | None) -> ValSet:
         if limit is None or limit >= len(self):
             return self
         return ValSet(self.paths[:limit], self.labels[:limit], self.layout)
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-                  and p.is_file())
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
 
 
 def _sorted_index(wnids: Sequence[str]) -> dict[str, int]:
@@ -234,13 +247,17 @@ def _sorted_index(wnids: Sequence[str]) -> dict[str, int]:
 
 def _devkit_to_sorted(labels: LabelsFile, synsets: Path | None) -> np.ndarray:
     if synsets is None:
-        raise VostrackError(f"{labels.path} is a devkit ground truth (one ILSVRC2012_ID per "
-                            "line, devkit class order): give --synsets, the devkit's synset list "
-                            "in ILSVRC2012_ID order, to convert it to the models' order")
+        raise VostrackError(
+            f"{labels.path} is a devkit ground truth (one ILSVRC2012_ID per "
+            "line, devkit class order): give --synsets, the devkit's synset list "
+            "in ILSVRC2012_ID order, to convert it to the models' order"
+        )
     wnids = read_synsets(synsets)
     if wnids == sorted(wnids):
-        raise VostrackError(f"{synsets} lists the synsets in sorted order, not in the devkit's "
-                            "ILSVRC2012_ID order (meta.mat: 1 = n02119789 kit fox, ...)")
+        raise VostrackError(
+            f"{synsets} lists the synsets in sorted order, not in the devkit's "
+            "ILSVRC2012_ID order (meta.mat: 1 = n02119789 kit fox, ...)"
+        )
     index = _sorted_index(wnids)
     id_to_class = np.array([-1] + [index[w] for w in wnids], np.int64)
     return id_to_class[np.array(labels.values, np.int64)]
@@ -248,20 +265,25 @@ def _devkit_to_sorted(labels: LabelsFile, synsets: Path | None) -> np.ndarray:
 
 def _check_count(labels: LabelsFile, data: Path, count: int) -> None:
     if len(labels) != count:
-        raise VostrackError(f"{labels.path} has {len(labels)} labels but {data} has {count} "
-                            "images: they must be the same images")
+        raise VostrackError(
+            f"{labels.path} has {len(labels)} labels but {data} has {count} "
+            "images: they must be the same images"
+        )
 
 
-def _labels_of(labels: LabelsFile, classes: np.ndarray, paths: Sequence[Path],
-               data: Path, positional_ok: bool) -> np.ndarray:
+def _labels_of(
+    labels: LabelsFile, classes: np.ndarray, paths: Sequence[Path], data: Path, positional_ok: bool
+) -> np.ndarray:
     """The class of each image from a labels file (``classes``: its values in sorted order)."""
     _check_count(labels, data, len(paths))
     if labels.kind == "sorted":
         by_name = dict(zip(labels.names, classes))
         missing = [p.name for p in paths if p.name not in by_name]
         if missing:
-            raise VostrackError(f"{labels.path} has no label for {missing[0]} "
-                                f"({len(missing)} images of {data} have none)")
+            raise VostrackError(
+                f"{labels.path} has no label for {missing[0]} "
+                f"({len(missing)} images of {data} have none)"
+            )
         return np.array([by_name[p.name] for p in paths], np.int64)
     # devkit: line i is ILSVRC2012_val_{i:08d}; other names are taken in sorted order.
     numbers = [_OFFICIAL_NAME.fullmatch(p.name) for p in paths]
@@ -274,9 +296,11 @@ def _labels_of(labels: LabelsFile, classes: np.ndarray, paths: Sequence[Path],
             raise VostrackError(f"{data} has two images with the same number")
         return classes[order - 1]
     if any(numbers) or not positional_ok:
-        raise VostrackError(f"with a devkit ground truth the images must all be named "
-                            f"ILSVRC2012_val_########.JPEG ({paths[numbers.index(None)].name} "
-                            "is not)")
+        raise VostrackError(
+            f"with a devkit ground truth the images must all be named "
+            f"ILSVRC2012_val_########.JPEG ({paths[numbers.index(None)].name} "
+            "is not)"
+        )
     return classes
 
 
@@ -294,8 +318,9 @@ def load_val_set(data: Path, labels: Path | None = None, synsets: Path | None = 
 
     if synset_folders:
         if top_images:
-            raise VostrackError(f"{data} has both synset folders and images ({top_images[0].name})"
-                                ": give one layout")
+            raise VostrackError(
+                f"{data} has both synset folders and images ({top_images[0].name}): give one layout"
+            )
         others = [p.name for p in folders if p not in synset_folders]
         if others:
             raise VostrackError(f"{data}/{others[0]} is not a synset folder (n########)")
@@ -304,13 +329,17 @@ def load_val_set(data: Path, labels: Path | None = None, synsets: Path | None = 
         elif len(synset_folders) == NUM_CLASSES:
             index = _sorted_index([p.name for p in synset_folders])
         else:
-            raise VostrackError(f"{data} has {len(synset_folders)} synset folders, not "
-                                f"{NUM_CLASSES}: give --synsets (the {NUM_CLASSES} ILSVRC2012 "
-                                "synsets) so that their class indices are known")
+            raise VostrackError(
+                f"{data} has {len(synset_folders)} synset folders, not "
+                f"{NUM_CLASSES}: give --synsets (the {NUM_CLASSES} ILSVRC2012 "
+                "synsets) so that their class indices are known"
+            )
         unknown = [p.name for p in synset_folders if p.name not in index]
         if unknown:
-            raise VostrackError(f"unknown synset {unknown[0]}: not one of the {NUM_CLASSES} "
-                                f"ILSVRC2012 synsets{f' of {synsets}' if synsets else ''}")
+            raise VostrackError(
+                f"unknown synset {unknown[0]}: not one of the {NUM_CLASSES} "
+                f"ILSVRC2012 synsets{f' of {synsets}' if synsets else ''}"
+            )
         paths, folder_classes = [], []
         for folder in synset_folders:
             files = _image_files(folder)
@@ -323,23 +352,28 @@ def load_val_set(data: Path, labels: Path | None = None, synsets: Path | None = 
         if not paths:
             raise VostrackError(f"no images (.JPEG/.jpg/.png) in the synset folders of {data}")
         if labels_file is not None:
-            given = _labels_of(labels_file, _file_classes(labels_file, synsets), paths, data,
-                               positional_ok=False)
+            given = _labels_of(
+                labels_file, _file_classes(labels_file, synsets), paths, data, positional_ok=False
+            )
             wrong = np.flatnonzero(given != classes)
             if wrong.size:
                 p = paths[wrong[0]]
-                raise VostrackError(f"{labels_file.path} gives {p.name} class {given[wrong[0]]} "
-                                    f"but it is in folder {p.parent.name} (class "
-                                    f"{classes[wrong[0]]}): {wrong.size} disagreements")
+                raise VostrackError(
+                    f"{labels_file.path} gives {p.name} class {given[wrong[0]]} "
+                    f"but it is in folder {p.parent.name} (class "
+                    f"{classes[wrong[0]]}): {wrong.size} disagreements"
+                )
         return ValSet(tuple(paths), classes, "synset folders")
 
     if not top_images:
         raise VostrackError(f"no images (.JPEG/.jpg/.png) in {data}")
     if labels_file is None:
-        raise VostrackError(f"{data} holds the images directly: give --labels (or use one "
-                            "folder per synset)")
-    classes = _labels_of(labels_file, _file_classes(labels_file, synsets), top_images, data,
-                          positional_ok=True)
+        raise VostrackError(
+            f"{data} holds the images directly: give --labels (or use one folder per synset)"
+        )
+    classes = _labels_of(
+        labels_file, _file_classes(labels_file, synsets), top_images, data, positional_ok=True
+    )
     return ValSet(tuple(top_images), classes, "flat")
 
 
@@ -350,8 +384,7 @@ def _file_classes(labels: LabelsFile, synsets: Path | None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------- TF1 resizers
-def _resample(image: np.ndarray, axis: int, indices: np.ndarray,
-              weights: np.ndarray) -> np.ndarray:
+def _resample(image: np.ndarray, axis: int, indices: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """sum_k weights[:, k] * image[indices[:, k]] along ``axis`` (float32)."""
     shape = [1] * image.ndim
     shape[axis] = -1
@@ -407,8 +440,15 @@ def _bicubic_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     delta = (pos - loc).astype(np.float32)
     offset = np.rint(delta * np.float32(_CUBIC_TABLE_SIZE)).astype(np.int64)  # lrintf
     t = _LEGACY_CUBIC
-    weights = np.stack([t[offset, 1], t[offset, 0], t[_CUBIC_TABLE_SIZE - offset, 0],
-                        t[_CUBIC_TABLE_SIZE - offset, 1]], 1)
+    weights = np.stack(
+        [
+            t[offset, 1],
+            t[offset, 0],
+            t[_CUBIC_TABLE_SIZE - offset, 0],
+            t[_CUBIC_TABLE_SIZE - offset, 1],
+        ],
+        1,
+    )
     loc = loc.astype(np.int64)
     indices = np.clip(np.stack([loc - 1, loc, loc + 1, loc + 2], 1), 0, in_size - 1)
     return indices, weights
@@ -429,8 +469,9 @@ RESNET_SIZE = 224
 EFFICIENTNET_CROP_PADDING = 32
 
 
-def resnet_v2_eval_crop(image: np.ndarray, size: int = RESNET_SIZE,
-                        resize_min: int = RESNET_RESIZE_MIN) -> np.ndarray:
+def resnet_v2_eval_crop(
+    image: np.ndarray, size: int = RESNET_SIZE, resize_min: int = RESNET_RESIZE_MIN
+) -> np.ndarray:
     """The r1.8 official ResNet eval view of an RGB uint8 image: short side to 256 (bilinear),
     central ``size`` x ``size``; float32 on 0..255, means not yet subtracted."""
     h, w = image.shape[:2]
@@ -438,17 +479,18 @@ def resnet_v2_eval_crop(image: np.ndarray, size: int = RESNET_SIZE,
     new_h, new_w = int(np.float32(h) * scale), int(np.float32(w) * scale)
     resized = resize_bilinear_tf1(image, new_h, new_w)
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[top:top + size, left:left + size]
+    return resized[top : top + size, left : left + size]
 
 
-def efficientnet_eval_crop(image: np.ndarray, size: int = 260,
-                           crop_padding: int = EFFICIENTNET_CROP_PADDING) -> np.ndarray:
+def efficientnet_eval_crop(
+    image: np.ndarray, size: int = 260, crop_padding: int = EFFICIENTNET_CROP_PADDING
+) -> np.ndarray:
     """The TPU repo's EfficientNet(-Lite) eval view of an RGB uint8 image: the central square of
     side ``int(size / (size + 32) * short side)``, bicubic-resized to ``size``; float32 0..255."""
     h, w = image.shape[:2]
     crop = int(np.float32(size / (size + crop_padding)) * np.float32(min(h, w)))
     top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
-    return resize_bicubic_tf1(image[top:top + crop, left:left + crop], size, size)
+    return resize_bicubic_tf1(image[top : top + crop, left : left + crop], size, size)
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -477,30 +519,49 @@ class EvalSpec:
 
 def eval_spec(backbone: str) -> EvalSpec:
     if backbone == "efficientnet_lite2":
-        return EvalSpec(backbone, 260, lambda im: efficientnet_eval_crop(im, 260),
-                        "vostrack.network.backbones.efficientnet_lite", False, False)
+        return EvalSpec(
+            backbone,
+            260,
+            lambda im: efficientnet_eval_crop(im, 260),
+            "vostrack.network.backbones.efficientnet_lite",
+            False,
+            False,
+        )
     if backbone == "resnet50_v2":
-        return EvalSpec(backbone, RESNET_SIZE, resnet_v2_eval_crop,
-                        "vostrack.network.backbones.resnet_v2", True, True)
-    raise VostrackError(f"no ImageNet evaluation for backbone {backbone!r} "
-                        f"(known: {', '.join(BACKBONES)})")
+        return EvalSpec(
+            backbone,
+            RESNET_SIZE,
+            resnet_v2_eval_crop,
+            "vostrack.network.backbones.resnet_v2",
+            True,
+            True,
+        )
+    raise VostrackError(
+        f"no ImageNet evaluation for backbone {backbone!r} (known: {', '.join(BACKBONES)})"
+    )
 
 
 def check_weights(backbone: str, checkpoint: Path | None) -> None:
     """Refuse a missing or misplaced ``--checkpoint`` before any work is done."""
     spec = eval_spec(backbone)
     if spec.needs_checkpoint and checkpoint is None:
-        raise VostrackError(f"{backbone} needs --checkpoint: vostrack has no pretrained weights "
-                            "for it (the official one is resnet_v2_imagenet_checkpoint of "
-                            "tensorflow/models r1.8)")
+        raise VostrackError(
+            f"{backbone} needs --checkpoint: vostrack has no pretrained weights "
+            "for it (the official one is resnet_v2_imagenet_checkpoint of "
+            "tensorflow/models r1.8)"
+        )
     if not spec.needs_checkpoint and checkpoint is not None:
-        raise VostrackError(f"--checkpoint is only for resnet50_v2: {backbone} takes its weights "
-                            "from its weight package")
+        raise VostrackError(
+            f"--checkpoint is only for resnet50_v2: {backbone} takes its weights "
+            "from its weight package"
+        )
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
         if not (checkpoint.exists() or Path(f"{checkpoint}.index").exists()):
-            raise VostrackError(f"checkpoint not found: {checkpoint} (neither the folder nor a "
-                                f"TF1 checkpoint prefix with {checkpoint.name}.index)")
+            raise VostrackError(
+                f"checkpoint not found: {checkpoint} (neither the folder nor a "
+                f"TF1 checkpoint prefix with {checkpoint.name}.index)"
+            )
 
 
 def _normalizer(spec: EvalSpec) -> Callable[[np.ndarray], np.ndarray]:
@@ -511,11 +572,13 @@ def _normalizer(spec: EvalSpec) -> Callable[[np.ndarray], np.ndarray]:
     try:
         module = importlib.import_module(spec.normalizer_module)
     except ImportError as exc:
-        raise VostrackError(f"backbone {spec.backbone} is not available in this build "
-                            f"({exc})") from None
+        raise VostrackError(
+            f"backbone {spec.backbone} is not available in this build ({exc})"
+        ) from None
     normalize = module.normalize_images
-    return lambda batch: np.asarray(ops.convert_to_numpy(normalize(batch / np.float32(255))),
-                                    np.float32)
+    return lambda batch: np.asarray(
+        ops.convert_to_numpy(normalize(batch / np.float32(255))), np.float32
+    )
 
 
 def load_classifier(backbone: str, checkpoint: Path | None = None) -> Callable:
@@ -535,8 +598,9 @@ def load_classifier(backbone: str, checkpoint: Path | None = None) -> Callable:
         try:
             builder = get_backbone_builder(backbone)
         except KeyError as exc:
-            raise VostrackError(f"backbone {backbone} is not available in this build "
-                                f"({exc})") from None
+            raise VostrackError(
+                f"backbone {backbone} is not available in this build ({exc})"
+            ) from None
         # weights=<path>: the TF1 checkpoint goes through
         # tf1_checkpoint.load_resnet_v2_checkpoint; a .weights.h5 converted from it also works.
         model = builder(weights=checkpoint, include_top=True, input_shape=shape)
@@ -564,14 +628,15 @@ class Result:
         return f"top-1 {self.top1:.2f} %  top-5 {self.top5:.2f} %  ({self.count} images)"
 
 
-def _batches(paths: Sequence[Path], prepare: Callable[[Path], np.ndarray], batch_size: int,
-             workers: int) -> Iterator[np.ndarray]:
+def _batches(
+    paths: Sequence[Path], prepare: Callable[[Path], np.ndarray], batch_size: int, workers: int
+) -> Iterator[np.ndarray]:
     """Prepared batches in order, the next one decoding while the caller runs the current one
     (so at most two batches are in memory)."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending = None
         for start in range(0, len(paths), batch_size):
-            futures = [pool.submit(prepare, p) for p in paths[start:start + batch_size]]
+            futures = [pool.submit(prepare, p) for p in paths[start : start + batch_size]]
             if pending is not None:
                 yield np.stack([f.result() for f in pending])
             pending = futures
@@ -579,9 +644,14 @@ def _batches(paths: Sequence[Path], prepare: Callable[[Path], np.ndarray], batch
             yield np.stack([f.result() for f in pending])
 
 
-def evaluate(val_set: ValSet, backbone: str, checkpoint: Path | None = None,
-             batch_size: int = 32, progress: bool = True,
-             classifier: Callable | None = None) -> Result:
+def evaluate(
+    val_set: ValSet,
+    backbone: str,
+    checkpoint: Path | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    classifier: Callable | None = None,
+) -> Result:
     """Top-1 / top-5 of ``backbone``'s classifier on ``val_set``."""
     spec = eval_spec(backbone)
     if classifier is None:
@@ -600,20 +670,23 @@ def evaluate(val_set: ValSet, backbone: str, checkpoint: Path | None = None,
 
     top1 = top5 = done = 0
     workers = max(1, min(8, os.cpu_count() or 1))
-    with tqdm(total=len(val_set), unit="img", disable=not progress, dynamic_ncols=True,
-              desc=backbone) as bar:
+    with tqdm(
+        total=len(val_set), unit="img", disable=not progress, dynamic_ncols=True, desc=backbone
+    ) as bar:
         for batch in _batches(val_set.paths, prepare, batch_size, workers):
             n = len(batch)
             if n < batch_size:  # same shape every call: no retracing for the last batch
-                batch = np.concatenate([batch, np.zeros((batch_size - n,) + batch.shape[1:],
-                                                        batch.dtype)])
+                batch = np.concatenate(
+                    [batch, np.zeros((batch_size - n,) + batch.shape[1:], batch.dtype)]
+                )
             logits = np.asarray(classifier(normalize(batch)))[:n]
             if logits.shape[-1] != expected:
-                raise VostrackError(f"{backbone} gives {logits.shape[-1]} logits, expected "
-                                    f"{expected}")
+                raise VostrackError(
+                    f"{backbone} gives {logits.shape[-1]} logits, expected {expected}"
+                )
             if spec.background_class:
                 logits = logits[:, 1:]  # logit k + 1 is sorted-synset class k
-            labels = val_set.labels[done:done + n]
+            labels = val_set.labels[done : done + n]
             ranked = np.argsort(-logits, axis=1, kind="stable")[:, :5]
             top1 += int(np.sum(ranked[:, 0] == labels))
             top5 += int(np.sum(np.any(ranked == labels[:, None], axis=1)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -87,14 +87,16 @@ def seg2bmap(seg: np.ndarray) -> np.ndarray:
 
 
 def boundary_tolerance(shape: tuple[int, ...], bound_th: float = 0.008) -> float:
-    """Matching distance in pixels: ``bound_th`` itself when >= 1, else a fraction of the diagonal."""
+    """Matching distance in pixels: ``bound_th`` itself when >= 1, else that fraction of the
+    image diagonal."""
     if bound_th >= 1:
         return bound_th
     return float(math.ceil(bound_th * math.hypot(shape[0], shape[1])))
 
 
-def boundary_f(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None,
-               bound_th: float = 0.008) -> float:
+def boundary_f(
+    gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None, bound_th: float = 0.008
+) -> float:
     """Contour accuracy F: boundary F-measure of ``pred`` against ``gt``, as official ``f_measure``.
 
     Boundary pixels match when the other mask's boundary lies within the tolerance (8 px at
@@ -149,6 +151,6 @@ def statistics(per_frame: Sequence[float] | np.ndarray) -> tuple[float, float, f
         recall = float(np.nanmean(values > 0.5))
         # Official casts ids to uint8, which wraps past 256 frames; plain ints are used here.
         ids = [int(i) for i in np.round(np.linspace(1, n, 5) + 1e-10) - 1]
-        bins = [values[ids[i]:ids[i + 1] + 1] for i in range(4)]
+        bins = [values[ids[i] : ids[i + 1] + 1] for i in range(4)]
         decay = float(np.nanmean(bins[0]) - np.nanmean(bins[3]))
     return mean, recall, decay

@@ -3,8 +3,8 @@ validate` and the trainer's periodic validation score)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -26,14 +26,25 @@ def first_annotation(tree: DavisTree, seq: str, frame_names: Sequence[str]) -> A
     return Annotation(list(frame_names).index(first), labels, (tree.annotation_path(seq, first),))
 
 
-def segment_tree(tree: DavisTree, sequences: Sequence[str], propagator: Propagator,
-                 output_dir: Path, model: dict | None = None, overwrite: bool = False,
-                 progress: bool = False, announce: Callable[[str], None] | None = None) -> None:
+def segment_tree(
+    tree: DavisTree,
+    sequences: Sequence[str],
+    propagator: Propagator,
+    output_dir: Path,
+    model: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> None:
     """Write ``output_dir/<seq>/<frame>.png`` for every sequence."""
     for seq in sequences:
         if announce is not None:
             announce(seq)
         source = open_frames(tree.images_dir / seq)
-        segment_video(source, [first_annotation(tree, seq, source.frame_names)], propagator,
-                      OutputOptions(Path(output_dir) / seq, overwrite=overwrite,
-                                    progress=progress), model)
+        segment_video(
+            source,
+            [first_annotation(tree, seq, source.frame_names)],
+            propagator,
+            OutputOptions(Path(output_dir) / seq, overwrite=overwrite, progress=progress),
+            model,
+        )

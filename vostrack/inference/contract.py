@@ -23,17 +23,21 @@ class Propagator(Protocol):
 
     name: str
 
-    def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
-                         previous: Reference | None = None) -> Reference:
+    def encode_reference(
+        self, frame: np.ndarray, labels: np.ndarray, previous: Reference | None = None
+    ) -> Reference:
         """Encode an annotated frame; ``previous`` is the reference of earlier annotations,
         which the new one extends (objects that appear later, corrections)."""
 
-    def initial_state(self, frame: np.ndarray, labels: np.ndarray, reference: Reference,
-                      encoded: bool = False) -> State:
+    def initial_state(
+        self, frame: np.ndarray, labels: np.ndarray, reference: Reference, encoded: bool = False
+    ) -> State:
         """The state after a frame whose labels are known (an annotation, or the last frame an
         interrupted run wrote). ``encoded``: ``reference`` was just made from this very frame
         and these labels, so the encoding it holds may serve (the caller knows; nothing is
         inferred from the frame's content)."""
 
-    def step(self, frame: np.ndarray, reference: Reference, state: State) -> tuple[np.ndarray, State]:
+    def step(
+        self, frame: np.ndarray, reference: Reference, state: State
+    ) -> tuple[np.ndarray, State]:
         """Segment the next frame: its label map and the new state."""

@@ -43,27 +43,35 @@ class MirroredPropagator:
         self.base = base
         self.name = base.name
 
-    def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
-                         previous: Mirrored | None = None) -> Mirrored:
+    def encode_reference(
+        self, frame: np.ndarray, labels: np.ndarray, previous: Mirrored | None = None
+    ) -> Mirrored:
         return Mirrored(
             self.base.encode_reference(frame, labels, previous.plain if previous else None),
-            self.base.encode_reference(mirror(frame), mirror(labels),
-                                       previous.mirrored if previous else None))
+            self.base.encode_reference(
+                mirror(frame), mirror(labels), previous.mirrored if previous else None
+            ),
+        )
 
-    def initial_state(self, frame: np.ndarray, labels: np.ndarray,
-                      reference: Mirrored, encoded: bool = False) -> Mirrored:
-        return Mirrored(self.base.initial_state(frame, labels, reference.plain, encoded),
-                        self.base.initial_state(mirror(frame), mirror(labels),
-                                                reference.mirrored, encoded))
+    def initial_state(
+        self, frame: np.ndarray, labels: np.ndarray, reference: Mirrored, encoded: bool = False
+    ) -> Mirrored:
+        return Mirrored(
+            self.base.initial_state(frame, labels, reference.plain, encoded),
+            self.base.initial_state(mirror(frame), mirror(labels), reference.mirrored, encoded),
+        )
 
-    def step(self, frame: np.ndarray, reference: Mirrored,
-             state: Mirrored) -> tuple[np.ndarray, Mirrored]:
+    def step(
+        self, frame: np.ndarray, reference: Mirrored, state: Mirrored
+    ) -> tuple[np.ndarray, Mirrored]:
         # the members' probabilities decide; their own label maps are not needed
         plain = self.base.run_step(frame, reference.plain, state.plain, skip=("index",))
-        mirrored = self.base.run_step(mirror(frame), reference.mirrored, state.mirrored,
-                                      skip=("index",))
+        mirrored = self.base.run_step(
+            mirror(frame), reference.mirrored, state.mirrored, skip=("index",)
+        )
         probs = plain["probs"] + mirrored["probs"][:, ::-1]
         labels = label_map(np.argmax(probs, axis=-1), reference.object_ids)
         return labels, Mirrored(
             self.base.advance(plain, reference.plain, state.plain, labels),
-            self.base.advance(mirrored, reference.mirrored, state.mirrored, mirror(labels)))
+            self.base.advance(mirrored, reference.mirrored, state.mirrored, mirror(labels)),
+        )

@@ -19,9 +19,10 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -54,8 +55,13 @@ class OutputOptions:
     progress: bool = True
 
 
-def segment_video(source: FrameSource, annotations: list[Annotation], propagator: Propagator,
-                  options: OutputOptions, model: dict | None = None) -> dict:
+def segment_video(
+    source: FrameSource,
+    annotations: list[Annotation],
+    propagator: Propagator,
+    options: OutputOptions,
+    model: dict | None = None,
+) -> dict:
     """Segment every frame of ``source``; returns the summary that is also written to disk."""
     return SegmentRun(source, annotations, propagator, options, model).run()
 
@@ -64,19 +70,25 @@ class SegmentRun:
     """One segment job. Creating it checks (and claims) the outputs, so every problem is
     reported before any work is done; :meth:`run` does the work."""
 
-    def __init__(self, source: FrameSource, annotations: list[Annotation],
-                 propagator: Propagator, options: OutputOptions, model: dict | None = None):
+    def __init__(
+        self,
+        source: FrameSource,
+        annotations: list[Annotation],
+        propagator: Propagator,
+        options: OutputOptions,
+        model: dict | None = None,
+    ):
         preflight(source, annotations, options)
         self.source, self.annotations, self.propagator = source, annotations, propagator
         self.options = options
-        job = _job_record(source, annotations,
-                          model or {"name": getattr(propagator, "name", "?")})
+        job = _job_record(source, annotations, model or {"name": getattr(propagator, "name", "?")})
         out = Path(options.output_dir)
         created = not out.exists()
         self._lock = _claim_output_dir(out)
         try:
-            self.start, earlier = (_resume_point(out, source, job, options)
-                                   if options.resume else (0, {}))
+            self.start, earlier = (
+                _resume_point(out, source, job, options) if options.resume else (0, {})
+            )
             self._earlier_areas = earlier.get("areas")  # of the frames a resumed run replays
             self.output_dir = out
             remove_stale_temps(out, [*source.frame_names, SUMMARY_STEM, SpaceReserve.STEM])
@@ -84,11 +96,15 @@ class SegmentRun:
                 remove_stale_temps(Path(options.overlay).parent, [Path(options.overlay).stem])
             if options.overwrite:
                 _clear_earlier_results(out, source)
-            self.summary = {**job, "status": "running", "output_dir": str(out),
-                            "overlay": str(options.overlay) if options.overlay else None,
-                            "frame_names": list(source.frame_names),
-                            "frames_done": self.start,
-                            "resumed_from": self.start if options.resume else None}
+            self.summary = {
+                **job,
+                "status": "running",
+                "output_dir": str(out),
+                "overlay": str(options.overlay) if options.overlay else None,
+                "frame_names": list(source.frame_names),
+                "frames_done": self.start,
+                "resumed_from": self.start if options.resume else None,
+            }
             # Kept free until the final summary is written: it fits even on a disk found full.
             self._reserve = SpaceReserve(out, _summary_size_bound(source, annotations))
             try:
@@ -131,8 +147,14 @@ class SegmentRun:
     def _run(self) -> dict:
         source, options, start, summary = self.source, self.options, self.start, self.summary
         writer = None
-        bar = tqdm(total=source.num_frames, initial=start, unit="frame",
-                   disable=not options.progress, dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=source.num_frames,
+            initial=start,
+            unit="frame",
+            disable=not options.progress,
+            dynamic_ncols=True,
+            leave=True,
+        )
         started_at = time.perf_counter()
         try:
             overlay = None
@@ -143,8 +165,17 @@ class SegmentRun:
             segmenter = VideoSegmenter(self.propagator)
             for index, frame in enumerate(prefetch(source)):
                 if index < start:  # written by the stopped run; a stop need not wait for them
-                    _replay(segmenter, writer, self.output_dir, source, index, frame, annotated,
-                            is_last=index == start - 1, need_frame=overlay is not None)
+                    _replay(
+                        segmenter,
+                        writer,
+                        self.output_dir,
+                        source,
+                        index,
+                        frame,
+                        annotated,
+                        is_last=index == start - 1,
+                        need_frame=overlay is not None,
+                    )
                 else:
                     labels = segmenter.step(frame, annotated.get(index))
                     writer.put(FrameResult(index, labels, frame if overlay else None))
@@ -174,22 +205,30 @@ class SegmentRun:
             try:
                 write_json(self.output_dir / SUMMARY_NAME, summary)
             except OSError as failed:  # the error that stopped the run is the one to report
-                log.warning("could not record the %s run in %s (%s)", summary["status"],
-                            SUMMARY_NAME, failed.strerror or failed)
+                log.warning(
+                    "could not record the %s run in %s (%s)",
+                    summary["status"],
+                    SUMMARY_NAME,
+                    failed.strerror or failed,
+                )
             if interrupted:
                 raise InterruptedRun(
                     f"interrupted after {done} of {source.num_frames} frames; "
-                    f"run the same command with --resume to continue") from None
+                    f"run the same command with --resume to continue"
+                ) from None
             if error is not exc:
                 raise error from None
             raise
         bar.close()
         runtime = time.perf_counter() - started_at
         processed = source.num_frames - start
-        summary.update(status="complete", frames_done=source.num_frames,
-                       runtime_s=round(runtime, 3),
-                       frames_per_second=round(processed / runtime, 3) if runtime > 0 else None,
-                       areas=_areas(writer))
+        summary.update(
+            status="complete",
+            frames_done=source.num_frames,
+            runtime_s=round(runtime, 3),
+            frames_per_second=round(processed / runtime, 3) if runtime > 0 else None,
+            areas=_areas(writer),
+        )
         self._reserve.release()
         try:
             write_json(self.output_dir / SUMMARY_NAME, summary)
@@ -200,25 +239,38 @@ class SegmentRun:
 
 def _open_overlay(path: Path, source: FrameSource) -> OverlayVideo:
     if source.variable_rate:
-        log.warning("%s has a variable frame rate; the overlay is written at a constant %g "
-                    "fps, so its timing differs from the input's", source.path.name, source.fps)
+        log.warning(
+            "%s has a variable frame rate; the overlay is written at a constant %g "
+            "fps, so its timing differs from the input's",
+            source.path.name,
+            source.fps,
+        )
     try:
         return OverlayVideo(path, source.width, source.height, source.fps)
     except OSError as exc:
         raise write_failure(exc, path, "the overlay video") from None
 
 
-def _replay(segmenter: VideoSegmenter, writer: ResultWriter, output_dir: Path,
-            source: FrameSource, index: int, frame: np.ndarray, annotated: dict,
-            is_last: bool, need_frame: bool) -> None:
+def _replay(
+    segmenter: VideoSegmenter,
+    writer: ResultWriter,
+    output_dir: Path,
+    source: FrameSource,
+    index: int,
+    frame: np.ndarray,
+    annotated: dict,
+    is_last: bool,
+    need_frame: bool,
+) -> None:
     """Rebuild what a resumed run needs from a frame the stopped run already wrote: the
     reference of annotated frames, the state at the last written frame, the overlay and areas."""
     path = output_dir / f"{source.frame_names[index]}.png"
     try:
         labels = read_label_png(path)
     except (OSError, ValueError) as exc:
-        raise VostrackError(f"cannot resume: {path} is unreadable ({first_line(exc)}); "
-                            "run again with --overwrite") from None
+        raise VostrackError(
+            f"cannot resume: {path} is unreadable ({first_line(exc)}); run again with --overwrite"
+        ) from None
     if index in annotated:
         segmenter.add_reference(frame, labels)
     if is_last and segmenter.started:
@@ -243,22 +295,29 @@ def _job_record(source: FrameSource, annotations: list[Annotation], model: dict)
     return {
         "vostrack_version": vostrack.__version__,
         "input": {**source.describe(), "path": str(source.path.resolve())},
-        "annotations": [{"frame": a.frame, "frame_name": source.frame_names[a.frame],
-                         "masks": [str(p) for p in a.sources], "objects": a.object_ids,
-                         "sha1": hashlib.sha1(a.labels.tobytes()).hexdigest()}
-                        for a in annotations],
+        "annotations": [
+            {
+                "frame": a.frame,
+                "frame_name": source.frame_names[a.frame],
+                "masks": [str(p) for p in a.sources],
+                "objects": a.object_ids,
+                "sha1": hashlib.sha1(a.labels.tobytes()).hexdigest(),
+            }
+            for a in annotations
+        ],
         "objects": sorted({k for a in annotations for k in a.object_ids}),
         "model": model,
     }
 
 
-def preflight(source: FrameSource, annotations: list[Annotation], options: OutputOptions
-              ) -> None:
+def preflight(source: FrameSource, annotations: list[Annotation], options: OutputOptions) -> None:
     """Every check of the outputs that needs no model and writes nothing, so that the CLI can
     refuse a run before it loads a model. :class:`SegmentRun` runs it again."""
     if options.resume and options.overwrite:
-        raise VostrackError("--resume and --overwrite exclude each other: resume keeps "
-                            "what was written, overwrite starts again")
+        raise VostrackError(
+            "--resume and --overwrite exclude each other: resume keeps "
+            "what was written, overwrite starts again"
+        )
     out = Path(options.output_dir)
     if out.exists() and not out.is_dir():
         raise VostrackError(f"output {out} exists and is not a folder")
@@ -280,20 +339,25 @@ def preflight(source: FrameSource, annotations: list[Annotation], options: Outpu
     if options.resume:
         _earlier_summary(out)
         if overlay is not None and os.path.lexists(overlay):
-            raise VostrackError(f"overlay {overlay} already exists; remove it or give another "
-                                "path (a resumed run writes the whole overlay again)")
+            raise VostrackError(
+                f"overlay {overlay} already exists; remove it or give another "
+                "path (a resumed run writes the whole overlay again)"
+            )
         return
     if not options.overwrite:
         existing = _existing_results(out, source)
         if existing:
-            raise VostrackError(f"{out} already holds results ({existing[0].name} ...); "
-                                "use --overwrite to replace them or --resume to continue them")
+            raise VostrackError(
+                f"{out} already holds results ({existing[0].name} ...); "
+                "use --overwrite to replace them or --resume to continue them"
+            )
 
 
 def _check_overlay_path(overlay: Path, options: OutputOptions) -> None:
     if overlay.suffix.lower() not in OverlayVideo.MUXERS:
-        raise VostrackError(f"overlay {overlay}: give a video file name ending in "
-                            f"{', '.join(OverlayVideo.MUXERS)}")
+        raise VostrackError(
+            f"overlay {overlay}: give a video file name ending in {', '.join(OverlayVideo.MUXERS)}"
+        )
     if overlay.is_dir():
         raise VostrackError(f"overlay {overlay} is a folder; give a video file name")
     parent = overlay.parent
@@ -311,8 +375,9 @@ def _existing_results(out: Path, source: FrameSource) -> list[Path]:
     if not out.is_dir():
         return []
     existing = [out / SUMMARY_NAME] if os.path.lexists(out / SUMMARY_NAME) else []
-    return existing + [p for p in (out / f"{n}.png" for n in source.frame_names)
-                       if os.path.lexists(p)]
+    return existing + [
+        p for p in (out / f"{n}.png" for n in source.frame_names) if os.path.lexists(p)
+    ]
 
 
 def _claim_output_dir(out: Path) -> int:
@@ -322,8 +387,9 @@ def _claim_output_dir(out: Path) -> int:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as exc:
-        raise VostrackError(f"output folder {out} is not writable "
-                            f"({exc.strerror or exc})") from None
+        raise VostrackError(
+            f"output folder {out} is not writable ({exc.strerror or exc})"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -332,8 +398,9 @@ def _claim_output_dir(out: Path) -> int:
             log.debug("cannot lock %s (%s); going on without the lock", out, exc.strerror)
         else:
             os.close(fd)
-            raise VostrackError(f"another vostrack run is writing to {out}; wait for it or "
-                                "give another folder") from None
+            raise VostrackError(
+                f"another vostrack run is writing to {out}; wait for it or give another folder"
+            ) from None
     if not os.access(out, os.W_OK):
         os.close(fd)
         raise VostrackError(f"output folder {out} is not writable (permission denied)")
@@ -353,13 +420,25 @@ def _earlier_frame_names(out: Path) -> set[str]:
     if not isinstance(names, list):  # a summary of an older version: videos name frames 00000..
         info = earlier.get("input")
         count = info.get("num_frames") if isinstance(info, dict) else None
-        if not (isinstance(info, dict) and info.get("kind") == "video" and isinstance(count, int)
-                and 0 < count < 10**8):
+        if not (
+            isinstance(info, dict)
+            and info.get("kind") == "video"
+            and isinstance(count, int)
+            and 0 < count < 10**8
+        ):
             return set()
         digits = max(5, len(str(count - 1)))
         names = [f"{i:0{digits}d}" for i in range(count)]
-    return {n for n in names if isinstance(n, str) and n and n not in (".", "..")
-            and "/" not in n and os.sep not in n and "\0" not in n}
+    return {
+        n
+        for n in names
+        if isinstance(n, str)
+        and n
+        and n not in (".", "..")
+        and "/" not in n
+        and os.sep not in n
+        and "\0" not in n
+    }
 
 
 def _clear_earlier_results(out: Path, source: FrameSource) -> None:
@@ -387,19 +466,26 @@ def _earlier_summary(out: Path) -> dict:
     return previous
 
 
-def _resume_point(out: Path, source: FrameSource, job: dict, options: OutputOptions
-                  ) -> tuple[int, dict]:
+def _resume_point(
+    out: Path, source: FrameSource, job: dict, options: OutputOptions
+) -> tuple[int, dict]:
     """The frames already written (every PNG from frame 0 on) and the earlier run's summary."""
     previous = _earlier_summary(out)
     for key, what in (("input", "input"), ("annotations", "masks"), ("model", "model")):
         before, now = previous.get(key), json.loads(json.dumps(job[key]))
         if before == now:
             continue
-        if (key == "input" and isinstance(before, dict) and before.get("fps") != now["fps"]
-                and {**before, "fps": now["fps"]} == now):
-            raise VostrackError(f"cannot resume in {out}: the earlier run's frame rate was "
-                                f"{before.get('fps')} fps, this one's {now['fps']:g} (give the "
-                                "same --fps)")
+        if (
+            key == "input"
+            and isinstance(before, dict)
+            and before.get("fps") != now["fps"]
+            and {**before, "fps": now["fps"]} == now
+        ):
+            raise VostrackError(
+                f"cannot resume in {out}: the earlier run's frame rate was "
+                f"{before.get('fps')} fps, this one's {now['fps']:g} (give the "
+                "same --fps)"
+            )
         raise VostrackError(f"cannot resume in {out}: the earlier run used another {what}")
     done = 0
     for name in source.frame_names:

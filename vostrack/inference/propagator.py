@@ -8,8 +8,9 @@ values: which channel is which object, and the bounded memory of encoded frames.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
-from typing import Collection, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -24,8 +25,9 @@ class Runtime(Protocol):
 
     config: ModelConfig
 
-    def run(self, function: str, inputs: dict[str, np.ndarray],
-            skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+    def run(
+        self, function: str, inputs: dict[str, np.ndarray], skip: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
         """The function's outputs on ``inputs``, but for those named in ``skip``."""
 
 
@@ -34,7 +36,7 @@ class MemoryFrame:
     key: np.ndarray  # (h, w, C) float32
     probs: np.ndarray  # (h, w, K+1) float32, channel 0 = background
 
-    def with_objects(self, old_ids: tuple[int, ...], new_ids: tuple[int, ...]) -> "MemoryFrame":
+    def with_objects(self, old_ids: tuple[int, ...], new_ids: tuple[int, ...]) -> MemoryFrame:
         """The same frame with channels for objects it has never seen: UNKNOWN, not 0 (it may
         well show them, as background: see vostrack.network.matching.read_votes)."""
         if old_ids == new_ids:
@@ -69,8 +71,9 @@ class Memory:
     def __init__(self, config: MatchingConfig):
         self.config = config
 
-    def with_reference(self, previous: MatchingReference | None, ids: tuple[int, ...],
-                       encoded: MemoryFrame) -> MatchingReference:
+    def with_reference(
+        self, previous: MatchingReference | None, ids: tuple[int, ...], encoded: MemoryFrame
+    ) -> MatchingReference:
         old_ids = previous.object_ids if previous else ()
         frames = tuple(f.with_objects(old_ids, ids) for f in previous.frames) if previous else ()
         if len(frames) >= self.config.max_references:
@@ -79,7 +82,7 @@ class Memory:
 
     def with_recent(self, state: MatchingState, out: dict[str, np.ndarray]) -> MatchingState:
         recent = state.recent + (MemoryFrame(out["key"], out["grid"]),)
-        return MatchingState(recent[-self.config.memory_frames:])
+        return MatchingState(recent[-self.config.memory_frames :])
 
 
 class MatchingPropagator:
@@ -91,42 +94,63 @@ class MatchingPropagator:
         self.name = name
         self.memory = Memory(runtime.config.matching)
 
-    def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
-                         previous: MatchingReference | None = None) -> MatchingReference:
+    def encode_reference(
+        self, frame: np.ndarray, labels: np.ndarray, previous: MatchingReference | None = None
+    ) -> MatchingReference:
         old_ids = previous.object_ids if previous else ()
         ids = tuple(sorted(set(old_ids) | {int(k) for k in np.unique(labels) if k}))
         out = self.runtime.run("encode_reference", {"frame": frame, "probs": one_hot(labels, ids)})
         return self.memory.with_reference(previous, ids, MemoryFrame(out["key"], out["grid"]))
 
-    def initial_state(self, frame: np.ndarray, labels: np.ndarray,
-                      reference: MatchingReference, encoded: bool = False) -> MatchingState:
+    def initial_state(
+        self,
+        frame: np.ndarray,
+        labels: np.ndarray,
+        reference: MatchingReference,
+        encoded: bool = False,
+    ) -> MatchingState:
         if encoded:  # the reference was just made from this frame: its encoding serves
             return MatchingState((reference.frames[-1],))
-        out = self.runtime.run("encode_reference",
-                               {"frame": frame, "probs": one_hot(labels, reference.object_ids)})
+        out = self.runtime.run(
+            "encode_reference", {"frame": frame, "probs": one_hot(labels, reference.object_ids)}
+        )
         return MatchingState((MemoryFrame(out["key"], out["grid"]),))
 
-    def step(self, frame: np.ndarray, reference: MatchingReference,
-             state: MatchingState) -> tuple[np.ndarray, MatchingState]:
+    def step(
+        self, frame: np.ndarray, reference: MatchingReference, state: MatchingState
+    ) -> tuple[np.ndarray, MatchingState]:
         return step_in_halves(self, frame, reference, state)
 
     # ``step`` in two halves, so that an ensemble (vostrack.inference.ensemble) can decide a
     # frame's labels from several members' outputs before each member moves on.
-    def run_step(self, frame: np.ndarray, reference: MatchingReference, state: MatchingState,
-                 skip: Collection[str] = ("probs",)) -> dict[str, np.ndarray]:
+    def run_step(
+        self,
+        frame: np.ndarray,
+        reference: MatchingReference,
+        state: MatchingState,
+        skip: Collection[str] = ("probs",),
+    ) -> dict[str, np.ndarray]:
         """The network's outputs on the next frame (``index``, ``probs``, ...), but ``skip``:
         by default the probabilities, which only an ensemble reads."""
-        return self.runtime.run("step", {"frame": frame, **memory_inputs(reference, state)},
-                                skip)
+        return self.runtime.run("step", {"frame": frame, **memory_inputs(reference, state)}, skip)
 
-    def advance(self, out: dict[str, np.ndarray], reference: MatchingReference,
-                state: MatchingState, labels: np.ndarray) -> MatchingState:
+    def advance(
+        self,
+        out: dict[str, np.ndarray],
+        reference: MatchingReference,
+        state: MatchingState,
+        labels: np.ndarray,
+    ) -> MatchingState:
         """The state after a frame: ``out`` of :meth:`run_step`, ``labels`` as decided."""
         return self.memory.with_recent(state, out)
 
 
-def step_in_halves(propagator: "MatchingPropagator | PartsPropagator", frame: np.ndarray,
-                   reference: object, state: object) -> tuple[np.ndarray, object]:
+def step_in_halves(
+    propagator: MatchingPropagator | PartsPropagator,
+    frame: np.ndarray,
+    reference: object,
+    state: object,
+) -> tuple[np.ndarray, object]:
     """``step`` of the contract from a propagator's two halves (``run_step``, ``advance``)."""
     out = propagator.run_step(frame, reference, state)
     labels = label_map(out["index"], reference.object_ids)
@@ -144,9 +168,11 @@ def one_hot(labels: np.ndarray, ids: tuple[int, ...]) -> np.ndarray:
 
 
 def stack_memory(group: str, frames: tuple[MemoryFrame, ...]) -> dict[str, np.ndarray]:
-    return {f"{group}_keys": np.stack([m.key for m in frames]),
-            f"{group}_probs": np.stack([m.probs for m in frames]),
-            f"{group}_valid": np.ones(len(frames), bool)}
+    return {
+        f"{group}_keys": np.stack([m.key for m in frames]),
+        f"{group}_probs": np.stack([m.probs for m in frames]),
+        f"{group}_valid": np.ones(len(frames), bool),
+    }
 
 
 def memory_inputs(reference: MatchingReference, state: MatchingState) -> dict[str, np.ndarray]:
@@ -168,9 +194,13 @@ class PartRows:
     ref_p4: np.ndarray
     ref_mask: np.ndarray
 
-    def __add__(self, other: "PartRows") -> "PartRows":
-        return PartRows(*(np.concatenate([a, b]) for a, b in
-                          zip(self.__dict__.values(), other.__dict__.values())))
+    def __add__(self, other: PartRows) -> PartRows:
+        return PartRows(
+            *(
+                np.concatenate([a, b])
+                for a, b in zip(self.__dict__.values(), other.__dict__.values())
+            )
+        )
 
     def channels(self, ids: tuple[int, ...]) -> np.ndarray:
         lookup = {k: c for c, k in enumerate(ids)}
@@ -210,8 +240,9 @@ class PartsPropagator:
         self.memory = Memory(runtime.config.matching)
         self.parts_config = runtime.config.parts
 
-    def encode_reference(self, frame: np.ndarray, labels: np.ndarray,
-                         previous: PartsReference | None = None) -> PartsReference:
+    def encode_reference(
+        self, frame: np.ndarray, labels: np.ndarray, previous: PartsReference | None = None
+    ) -> PartsReference:
         old_ids = previous.object_ids if previous else ()
         ids = tuple(sorted(set(old_ids) | {int(k) for k in np.unique(labels) if k}))
         known = set(previous.parts.object_ids.tolist()) if previous else set()
@@ -221,50 +252,94 @@ class PartsPropagator:
         valid = np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, bool)
         objects = np.concatenate([r[2] for r in rows]) if rows else np.zeros(0, np.int64)
         anchors = np.concatenate([r[3] for r in rows]) if rows else np.zeros((0, 3), np.float32)
-        out = self.runtime.run("encode_reference", {
-            "frame": frame, "probs": one_hot(labels, ids), "part_boxes": boxes,
-            "part_object": np.array([ids.index(int(k)) for k in objects], np.int32),
-            "part_valid": valid})
-        new = PartRows(objects, valid, boxes, anchors, out["templates"], out["ref_p4"],
-                       out["ref_mask"])
-        matching = self.memory.with_reference(previous.matching if previous else None, ids,
-                                              MemoryFrame(out["key"], out["grid"]))
-        return PartsReference(matching, previous.parts + new if previous else new,
-                              out["prev_probs"])
+        out = self.runtime.run(
+            "encode_reference",
+            {
+                "frame": frame,
+                "probs": one_hot(labels, ids),
+                "part_boxes": boxes,
+                "part_object": np.array([ids.index(int(k)) for k in objects], np.int32),
+                "part_valid": valid,
+            },
+        )
+        new = PartRows(
+            objects, valid, boxes, anchors, out["templates"], out["ref_p4"], out["ref_mask"]
+        )
+        matching = self.memory.with_reference(
+            previous.matching if previous else None, ids, MemoryFrame(out["key"], out["grid"])
+        )
+        return PartsReference(
+            matching, previous.parts + new if previous else new, out["prev_probs"]
+        )
 
-    def initial_state(self, frame: np.ndarray, labels: np.ndarray,
-                      reference: PartsReference, encoded: bool = False) -> PartsState:
+    def initial_state(
+        self,
+        frame: np.ndarray,
+        labels: np.ndarray,
+        reference: PartsReference,
+        encoded: bool = False,
+    ) -> PartsState:
         ids = reference.object_ids
         if encoded:  # the reference was just made from this frame: its encoding serves
             entry, prev_probs = reference.matching.frames[-1], reference.prev_probs
         else:
-            out = self.runtime.run("encode_reference", {
-                "frame": frame, "probs": one_hot(labels, ids),
-                "part_boxes": np.zeros((0, 4), np.float32),
-                "part_object": np.zeros(0, np.int32), "part_valid": np.zeros(0, bool)})
+            out = self.runtime.run(
+                "encode_reference",
+                {
+                    "frame": frame,
+                    "probs": one_hot(labels, ids),
+                    "part_boxes": np.zeros((0, 4), np.float32),
+                    "part_object": np.zeros(0, np.int32),
+                    "part_valid": np.zeros(0, bool),
+                },
+            )
             entry, prev_probs = MemoryFrame(out["key"], out["grid"]), out["prev_probs"]
-        return PartsState(MatchingState((entry,)), self._reseed(reference.parts, labels),
-                          prev_probs)
+        return PartsState(
+            MatchingState((entry,)), self._reseed(reference.parts, labels), prev_probs
+        )
 
-    def step(self, frame: np.ndarray, reference: PartsReference,
-             state: PartsState) -> tuple[np.ndarray, PartsState]:
+    def step(
+        self, frame: np.ndarray, reference: PartsReference, state: PartsState
+    ) -> tuple[np.ndarray, PartsState]:
         return step_in_halves(self, frame, reference, state)
 
-    def run_step(self, frame: np.ndarray, reference: PartsReference, state: PartsState,
-                 skip: Collection[str] = ("probs",)) -> dict[str, np.ndarray]:
+    def run_step(
+        self,
+        frame: np.ndarray,
+        reference: PartsReference,
+        state: PartsState,
+        skip: Collection[str] = ("probs",),
+    ) -> dict[str, np.ndarray]:
         parts = reference.parts
-        return self.runtime.run("step", {
-            "frame": frame, **memory_inputs(reference.matching, state.matching),
-            "templates": parts.templates, "ref_p4": parts.ref_p4, "ref_mask": parts.ref_mask,
-            "part_object": parts.channels(reference.object_ids), "part_valid": parts.valid,
-            "part_boxes": state.part_boxes, "prev_probs": state.prev_probs}, skip)
+        return self.runtime.run(
+            "step",
+            {
+                "frame": frame,
+                **memory_inputs(reference.matching, state.matching),
+                "templates": parts.templates,
+                "ref_p4": parts.ref_p4,
+                "ref_mask": parts.ref_mask,
+                "part_object": parts.channels(reference.object_ids),
+                "part_valid": parts.valid,
+                "part_boxes": state.part_boxes,
+                "prev_probs": state.prev_probs,
+            },
+            skip,
+        )
 
-    def advance(self, out: dict[str, np.ndarray], reference: PartsReference,
-                state: PartsState, labels: np.ndarray) -> PartsState:
-        boxes = (out["part_boxes"] if self.parts_config.track
-                 else self._reseed(reference.parts, labels, state.part_boxes))
-        return PartsState(self.memory.with_recent(state.matching, out), boxes,
-                          out["prev_probs"])
+    def advance(
+        self,
+        out: dict[str, np.ndarray],
+        reference: PartsReference,
+        state: PartsState,
+        labels: np.ndarray,
+    ) -> PartsState:
+        boxes = (
+            out["part_boxes"]
+            if self.parts_config.track
+            else self._reseed(reference.parts, labels, state.part_boxes)
+        )
+        return PartsState(self.memory.with_recent(state.matching, out), boxes, out["prev_probs"])
 
     # ------------------------------------------------------------------------ helpers
     def _working_labels(self, labels: np.ndarray) -> np.ndarray:
@@ -275,11 +350,16 @@ class PartsPropagator:
         mask = work == k
         parts = split_mask(mask, self.parts_config.splitting())
         n = len(parts.valid)
-        return (parts.boxes.astype(np.float32), parts.valid, np.full(n, k),
-                np.tile(_anchor(mask), (n, 1)))
+        return (
+            parts.boxes.astype(np.float32),
+            parts.valid,
+            np.full(n, k),
+            np.tile(_anchor(mask), (n, 1)),
+        )
 
-    def _reseed(self, parts: PartRows, labels: np.ndarray,
-                unseen: np.ndarray | None = None) -> np.ndarray:
+    def _reseed(
+        self, parts: PartRows, labels: np.ndarray, unseen: np.ndarray | None = None
+    ) -> np.ndarray:
         """Part boxes on a frame known only by its labels: each object's reference parts moved
         and scaled with the object (its centroid and the square root of its area). Parts made
         on this very frame come back unchanged; the parts of an object not on the frame stay

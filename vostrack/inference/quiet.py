@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager
@@ -44,8 +44,9 @@ def native_logs_silenced(enabled: bool = True) -> Iterator[None]:
     saved = os.dup(2)
     previous = sys.stderr
     if python_on_fd2:
-        sys.stderr = os.fdopen(os.dup(saved), "w", buffering=1, encoding=previous.encoding,
-                               errors=previous.errors)
+        sys.stderr = os.fdopen(
+            os.dup(saved), "w", buffering=1, encoding=previous.encoding, errors=previous.errors
+        )
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:

@@ -6,15 +6,20 @@ MatchingPropagator drives both through ``run(function, inputs)``, so they are in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any
 
 import numpy as np
 
 from vostrack.inference.quiet import native_stderr_silenced
-from vostrack.network.config import (MEMORY_INPUTS, PART_REFERENCE_INPUTS, PART_STEP_INPUTS,
-                                     ModelConfig, working_size)
-
+from vostrack.network.config import (
+    MEMORY_INPUTS,
+    PART_REFERENCE_INPUTS,
+    PART_STEP_INPUTS,
+    ModelConfig,
+    working_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +57,36 @@ class KerasRuntime:
         self._functions = {
             "encode_reference": _compile(
                 lambda inputs, work_hw, pad_hw: network.encode_reference(
-                    inputs["frame"], inputs["probs"], work_hw, pad_hw,
-                    pick(inputs, PART_REFERENCE_INPUTS)), ("work_hw", "pad_hw")),
+                    inputs["frame"],
+                    inputs["probs"],
+                    work_hw,
+                    pad_hw,
+                    pick(inputs, PART_REFERENCE_INPUTS),
+                ),
+                ("work_hw", "pad_hw"),
+            ),
             "step": _compile(
                 lambda inputs, work_hw, pad_hw: network.step(
-                    inputs["frame"], {k: inputs[k] for k in MEMORY_INPUTS}, work_hw, pad_hw,
-                    pick(inputs, PART_STEP_INPUTS)), ("work_hw", "pad_hw")),
+                    inputs["frame"],
+                    {k: inputs[k] for k in MEMORY_INPUTS},
+                    work_hw,
+                    pad_hw,
+                    pick(inputs, PART_STEP_INPUTS),
+                ),
+                ("work_hw", "pad_hw"),
+            ),
         }
 
-    def run(self, function: str, inputs: dict[str, np.ndarray],
-            skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+    def run(
+        self, function: str, inputs: dict[str, np.ndarray], skip: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
         h, w, hp, wp = working_size(*inputs["frame"].shape[:2], self.config)
         outputs = self._functions[function](inputs, work_hw=(h, w), pad_hw=(hp, wp))
-        return {k: np.asarray(self._ops.convert_to_numpy(v)) for k, v in outputs.items()
-                if k not in skip}
+        return {
+            k: np.asarray(self._ops.convert_to_numpy(v))
+            for k, v in outputs.items()
+            if k not in skip
+        }
 
 
 class FrozenRuntime:
@@ -86,13 +107,18 @@ class FrozenRuntime:
             tf.compat.v1.import_graph_def(graph_def, name="")
         self._session = tf.compat.v1.Session(graph=graph)
         self._ran: set[str] = set()  # TF logs oneDNN notes to stderr when a function first runs
-        self._inputs = {fn: {k: graph.get_tensor_by_name(v) for k, v in names["inputs"].items()}
-                        for fn, names in tensors.items()}
-        self._outputs = {fn: {k: graph.get_tensor_by_name(v) for k, v in names["outputs"].items()}
-                         for fn, names in tensors.items()}
+        self._inputs = {
+            fn: {k: graph.get_tensor_by_name(v) for k, v in names["inputs"].items()}
+            for fn, names in tensors.items()
+        }
+        self._outputs = {
+            fn: {k: graph.get_tensor_by_name(v) for k, v in names["outputs"].items()}
+            for fn, names in tensors.items()
+        }
 
-    def run(self, function: str, inputs: dict[str, np.ndarray],
-            skip: Collection[str] = ()) -> dict[str, np.ndarray]:
+    def run(
+        self, function: str, inputs: dict[str, np.ndarray], skip: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
         feeds = {tensor: inputs[name] for name, tensor in self._inputs[function].items()}
         # An output not fetched is not computed (nor copied out): ``probs``, a float map at the
         # frame's size, costs ~8 ms of a ~280 ms 854x480 frame on 2 cores (interleaved runs).

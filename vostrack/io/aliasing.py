@@ -7,8 +7,8 @@ every symlink, hard link, bind mount or case-insensitive name), not by their spe
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from vostrack.errors import VostrackError
 
@@ -56,5 +56,7 @@ def refuse_overlap(inputs: Sequence[Named], outputs: Sequence[Named]) -> None:
                 relation = "contains"
             else:
                 continue
-            raise VostrackError(f"{out_name} {out_path} {relation} {in_name} {in_path}; "
-                                "outputs must be apart from the inputs, which are never written")
+            raise VostrackError(
+                f"{out_name} {out_path} {relation} {in_name} {in_path}; "
+                "outputs must be apart from the inputs, which are never written"
+            )

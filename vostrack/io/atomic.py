@@ -15,8 +15,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any
 
 # mkstemp's random part: eight characters of this alphabet (CPython's _RandomNameSequence).
 _RANDOM = r"[a-z0-9_]{8}"
@@ -36,8 +37,9 @@ def create_temp(path: str | Path) -> tuple[int, Path]:
     thing. The mode is the one a plain ``open()`` would give (mkstemp makes it 0600).
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}",
-                                dir=path.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     try:
         os.fchmod(fd, 0o666 & ~_umask())
     except BaseException:

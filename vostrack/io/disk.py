@@ -37,10 +37,12 @@ def write_failure(exc: OSError, path: str | Path, what: str = "") -> VostrackErr
     target = Path(exc.filename) if getattr(exc, "filename", None) else Path(path)
     what = f"{what} " if what else ""
     if is_disk_full(exc):
-        reason = {errno.EDQUOT: "disk quota exceeded",
-                  errno.EFBIG: "file size limit reached"}.get(exc.errno, "no space left")
-        return VostrackError(f"cannot write {what}{target}: {reason} on the file system at "
-                             f"{mount_point(target)}")
+        reason = {errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit reached"}.get(
+            exc.errno, "no space left"
+        )
+        return VostrackError(
+            f"cannot write {what}{target}: {reason} on the file system at {mount_point(target)}"
+        )
     return VostrackError(f"cannot write {what}{target}: {exc.strerror or exc}")
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -44,8 +44,11 @@ DEFAULT_FOLDER_FPS = 24.0
 
 def natural_key(name: str) -> tuple:
     """Sort key that orders ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
-    return tuple((0, int(part), part) if part.isdigit() else (1, part.lower(), part)
-                 for part in re.split(r"(\d+)", name) if part)
+    return tuple(
+        (0, int(part), part) if part.isdigit() else (1, part.lower(), part)
+        for part in re.split(r"(\d+)", name)
+        if part
+    )
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,14 @@ class FrameSource:
         return self._iter_video() if self.kind == "video" else self._iter_folder()
 
     def describe(self) -> dict:
-        return {"path": str(self.path), "kind": self.kind, "width": self.width,
-                "height": self.height, "num_frames": self.num_frames, "fps": self.fps}
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "width": self.width,
+            "height": self.height,
+            "num_frames": self.num_frames,
+            "fps": self.fps,
+        }
 
     def _iter_folder(self) -> Iterator[np.ndarray]:
         for file in self.frame_files:
@@ -83,7 +92,8 @@ class FrameSource:
             if frame.shape[:2] != (self.height, self.width):  # changed since it was opened
                 raise VostrackError(
                     f"{file}: frame is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
-                    f"{self.width}x{self.height}; all frames of a folder must have one size")
+                    f"{self.width}x{self.height}; all frames of a folder must have one size"
+                )
             yield frame
 
     def _iter_video(self) -> Iterator[np.ndarray]:
@@ -91,8 +101,9 @@ class FrameSource:
 
         # passthrough: no frame duplication/dropping on variable-rate video, so the decoded
         # frames match the demuxed count and the names given to them.
-        reader = imageio_ffmpeg.read_frames(str(self.path), pix_fmt="rgb24",
-                                            output_params=["-fps_mode", "passthrough"])
+        reader = imageio_ffmpeg.read_frames(
+            str(self.path), pix_fmt="rgb24", output_params=["-fps_mode", "passthrough"]
+        )
         try:
             meta = next(reader)
             width, height = meta["size"]
@@ -101,12 +112,16 @@ class FrameSource:
                 count += 1
                 yield np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
         except (OSError, RuntimeError) as exc:
-            raise VostrackError(f"{self.path}: cannot decode the video ({first_line(exc)})") from None
+            raise VostrackError(
+                f"{self.path}: cannot decode the video ({first_line(exc)})"
+            ) from None
         finally:
             reader.close()
         if count != self.num_frames:
-            raise VostrackError(f"{self.path}: decoded {count} frames but the container holds "
-                                f"{self.num_frames}; the file may be damaged")
+            raise VostrackError(
+                f"{self.path}: decoded {count} frames but the container holds "
+                f"{self.num_frames}; the file may be damaged"
+            )
 
 
 def open_frames(path: str | Path, fps: float | None = None) -> FrameSource:
@@ -126,8 +141,11 @@ def open_frames(path: str | Path, fps: float | None = None) -> FrameSource:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files of a folder in natural order (hidden files skipped)."""
-    files = [p for p in folder.iterdir()
-             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -138,8 +156,10 @@ def _open_folder(folder: Path, fps: float | None) -> FrameSource:
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         dup = next(s for s in stems if stems.count(s) > 1)
-        raise VostrackError(f"{folder}: two frames are named {dup!r} (different extensions); "
-                            "output masks are named after frames, so names must be unique")
+        raise VostrackError(
+            f"{folder}: two frames are named {dup!r} (different extensions); "
+            "output masks are named after frames, so names must be unique"
+        )
     first = read_image_rgb(files[0])
     height, width = first.shape[:2]
     for file in files[1:]:
@@ -147,10 +167,17 @@ def _open_folder(folder: Path, fps: float | None) -> FrameSource:
         if size != (height, width):
             raise VostrackError(
                 f"{file}: frame is {size[1]}x{size[0]} but the first frame ({files[0].name}) "
-                f"is {width}x{height}; all frames of a folder must have one size")
-    return FrameSource(path=folder, kind="frames", width=width, height=height,
-                       fps=float(fps or DEFAULT_FOLDER_FPS), frame_names=tuple(stems),
-                       frame_files=tuple(files))
+                f"is {width}x{height}; all frames of a folder must have one size"
+            )
+    return FrameSource(
+        path=folder,
+        kind="frames",
+        width=width,
+        height=height,
+        fps=float(fps or DEFAULT_FOLDER_FPS),
+        frame_names=tuple(stems),
+        frame_files=tuple(files),
+    )
 
 
 def image_size(file: Path) -> tuple[int, int]:
@@ -191,8 +218,15 @@ def _open_video(path: Path, fps: float | None) -> FrameSource:
     rate = float(fps or meta.get("fps") or DEFAULT_FOLDER_FPS)
     digits = max(5, len(str(num_frames - 1)))
     names = tuple(f"{i:0{digits}d}" for i in range(num_frames))
-    return FrameSource(path=path, kind="video", width=int(width), height=int(height), fps=rate,
-                       frame_names=names, variable_rate=variable_rate)
+    return FrameSource(
+        path=path,
+        kind="video",
+        width=int(width),
+        height=int(height),
+        fps=rate,
+        frame_names=names,
+        variable_rate=variable_rate,
+    )
 
 
 def _probe_video(path: Path) -> tuple[int, bool]:
@@ -206,8 +240,23 @@ def _probe_video(path: Path) -> tuple[int, bool]:
     import imageio_ffmpeg
 
     # framecrc lists every packet with its timestamps on stdout; -stats counts them on stderr.
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-stats",
-           "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "framecrc", "-"]
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(),
+        "-nostdin",
+        "-hide_banner",
+        "-v",
+        "error",
+        "-stats",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-c",
+        "copy",
+        "-f",
+        "framecrc",
+        "-",
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=600)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -219,8 +268,10 @@ def _probe_video(path: Path) -> tuple[int, bool]:
         reason = _ffmpeg_reason(errors) or "no video stream"
         raise VostrackError(f"{path}: not a readable video ({reason})")
     if any("partial file" in ln or "Invalid data" in ln or "Invalid NAL" in ln for ln in errors):
-        raise VostrackError(f"{path}: the video is truncated or damaged "
-                            f"({_ffmpeg_reason(errors)}); {counts[-1]} frames could be read")
+        raise VostrackError(
+            f"{path}: the video is truncated or damaged "
+            f"({_ffmpeg_reason(errors)}); {counts[-1]} frames could be read"
+        )
     for line in errors:
         log.warning("%s: ffmpeg: %s", path.name, _strip_ffmpeg_prefix(line))
     if counts[-1] == 0:
@@ -256,4 +307,3 @@ def _ffmpeg_reason(errors: list[str]) -> str:
         if text and not text.lower().startswith("error opening input file"):
             return text
     return _strip_ffmpeg_prefix(errors[0]) if errors else ""
-

@@ -17,9 +17,9 @@ read as background, with a warning.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -67,7 +67,9 @@ class MaskReader:
                 image.load()
                 return self._labels(image, path)
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise VostrackError(f"mask {path} is not a readable image ({exc.__class__.__name__})") from None
+            raise VostrackError(
+                f"mask {path} is not a readable image ({exc.__class__.__name__})"
+            ) from None
 
     def _labels(self, image: Image.Image, path: Path) -> np.ndarray:
         if image.mode == "P":
@@ -92,31 +94,44 @@ class MaskReader:
             # A JPEG or anti-aliased mask: its values are not ids. One object is the only
             # reading that makes sense, so threshold at mid-grey and say so.
             top = 65535 if gray.dtype.itemsize > 1 and nonzero.max() > 255 else 255
-            log.warning("%s has %d grey levels; reading it as one object (threshold at half "
-                        "of %d)", path.name, len(nonzero), top)
+            log.warning(
+                "%s has %d grey levels; reading it as one object (threshold at half of %d)",
+                path.name,
+                len(nonzero),
+                top,
+            )
             return (gray >= (top + 1) // 2).astype(np.uint8)
         if len(nonzero) == 1 and nonzero[0] in (255, 65535):  # a binary mask, 8 or 16 bits
             return (gray == nonzero[0]).astype(np.uint8)
         if nonzero.size and nonzero.max() > 255:
-            raise VostrackError(f"mask {path}: object ids above 254 are not supported "
-                                f"(found {int(nonzero.max())})")
+            raise VostrackError(
+                f"mask {path}: object ids above 254 are not supported (found {int(nonzero.max())})"
+            )
         return _without_void(gray.astype(np.uint8), path)
 
     def _from_colours(self, rgb: np.ndarray, path: Path) -> np.ndarray:
-        packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-        colours, first_index, inverse = np.unique(packed.reshape(-1), return_index=True,
-                                                  return_inverse=True)
+        packed = (
+            (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+        )
+        colours, first_index, inverse = np.unique(
+            packed.reshape(-1), return_index=True, return_inverse=True
+        )
         nonblack = [c for c in colours if c != 0]
         if len(nonblack) > MAX_OBJECTS_IN_MASK:
             raise VostrackError(
                 f"mask {path} has {len(nonblack)} colours; a colour-coded mask needs one flat "
-                "colour per object (no anti-aliasing or JPEG compression)")
+                "colour per object (no anti-aliasing or JPEG compression)"
+            )
         ids = np.zeros(len(colours), dtype=np.uint8)
         void = _VOID_CODE if len(nonblack) > 1 else None  # only that colour: it is an object
         if void is not None and void in colours:
             count = int((packed == void).sum())
-            log.warning("%s: %d pixels have the DAVIS void colour #e0e0c0 (index 255); they "
-                        "are read as background", path.name, count)
+            log.warning(
+                "%s: %d pixels have the DAVIS void colour #e0e0c0 (index 255); they "
+                "are read as background",
+                path.name,
+                count,
+            )
         # New colours get ids in the order they first appear in the image (raster order).
         for k in np.argsort(first_index):
             code = int(colours[k])
@@ -127,8 +142,12 @@ class MaskReader:
                 if len(self.colour_ids) >= 255:
                     raise VostrackError(f"mask {path}: more than 255 objects")
                 self.colour_ids[colour] = len(self.colour_ids) + 1
-                log.info("%s: colour #%02x%02x%02x -> object %d", path.name, *colour,
-                         self.colour_ids[colour])
+                log.info(
+                    "%s: colour #%02x%02x%02x -> object %d",
+                    path.name,
+                    *colour,
+                    self.colour_ids[colour],
+                )
             ids[k] = self.colour_ids[colour]
         return ids[inverse].reshape(packed.shape)
 
@@ -144,8 +163,9 @@ def _without_void(labels: np.ndarray, path: Path) -> np.ndarray:
         return labels
     if not ((labels != 0) & ~void).any():
         return void.astype(np.uint8)
-    log.warning("%s: %d void pixels (value %d) are read as background", path.name,
-                int(void.sum()), VOID)
+    log.warning(
+        "%s: %d void pixels (value %d) are read as background", path.name, int(void.sum()), VOID
+    )
     return np.where(void, 0, labels).astype(np.uint8)
 
 
@@ -154,12 +174,22 @@ def fit_to_frame(labels: np.ndarray, source: FrameSource, path: Path) -> np.ndar
     height, width = labels.shape
     if (height, width) == source.size:
         return labels
-    if abs(height - source.height) <= SIZE_TOLERANCE_PX and abs(width - source.width) <= SIZE_TOLERANCE_PX:
-        log.warning("mask %s is %dx%d, frames are %dx%d; resizing it (nearest neighbour)",
-                    path, width, height, source.width, source.height)
+    if (
+        abs(height - source.height) <= SIZE_TOLERANCE_PX
+        and abs(width - source.width) <= SIZE_TOLERANCE_PX
+    ):
+        log.warning(
+            "mask %s is %dx%d, frames are %dx%d; resizing it (nearest neighbour)",
+            path,
+            width,
+            height,
+            source.width,
+            source.height,
+        )
         return cv2.resize(labels, (source.width, source.height), interpolation=cv2.INTER_NEAREST)
-    raise VostrackError(f"mask {path} is {width}x{height} but the frames are "
-                        f"{source.width}x{source.height}")
+    raise VostrackError(
+        f"mask {path} is {width}x{height} but the frames are {source.width}x{source.height}"
+    )
 
 
 def frame_of_mask(path: Path, source: FrameSource) -> int | None:
@@ -192,8 +222,12 @@ def expand_mask_paths(paths: Sequence[str | Path]) -> list[Path]:
     return expanded
 
 
-def load_annotations(mask_paths: Sequence[str | Path], mask_frames: Sequence[int],
-                     source: FrameSource, reader: MaskReader | None = None) -> list[Annotation]:
+def load_annotations(
+    mask_paths: Sequence[str | Path],
+    mask_frames: Sequence[int],
+    source: FrameSource,
+    reader: MaskReader | None = None,
+) -> list[Annotation]:
     """Read every mask, place it on its frame, and merge masks given for the same frame.
 
     Placement: ``mask_frames`` pairs with the masks in order (one value may serve a single
@@ -204,15 +238,19 @@ def load_annotations(mask_paths: Sequence[str | Path], mask_frames: Sequence[int
     if not paths:
         raise VostrackError("no mask given: use --mask PATH (the objects on one frame)")
     if mask_frames and len(mask_frames) != len(paths):
-        raise VostrackError(f"{len(mask_frames)} --mask-frame values for {len(paths)} masks; "
-                            "give one per mask, in the same order")
+        raise VostrackError(
+            f"{len(mask_frames)} --mask-frame values for {len(paths)} masks; "
+            "give one per mask, in the same order"
+        )
     by_frame: dict[int, Annotation] = {}
     for i, path in enumerate(paths):
         frame = mask_frames[i] if mask_frames else frame_of_mask(path, source)
         frame = 0 if frame is None else frame
         if not 0 <= frame < source.num_frames:
-            raise VostrackError(f"mask {path} is for frame {frame}, but the input has "
-                                f"{source.num_frames} frames (0..{source.num_frames - 1})")
+            raise VostrackError(
+                f"mask {path} is for frame {frame}, but the input has "
+                f"{source.num_frames} frames (0..{source.num_frames - 1})"
+            )
         labels = fit_to_frame(reader.read(path), source, path)
         if not labels.any():
             raise VostrackError(f"mask {path} holds no object (every pixel is background)")
@@ -232,8 +270,12 @@ def _merge_same_frame(previous: Annotation, labels: np.ndarray, path: Path) -> n
     differs = [k for k in shared_ids if not np.array_equal(previous.labels == k, labels == k)]
     if clash.any() or differs:
         other = ", ".join(str(p) for p in previous.sources)
-        what = (f"object {sorted(differs)[0]} differs" if differs
-                else f"{int(clash.sum())} pixels get different objects")
-        raise VostrackError(f"masks {other} and {path} are both for frame {previous.frame} "
-                            f"but disagree ({what})")
+        what = (
+            f"object {sorted(differs)[0]} differs"
+            if differs
+            else f"{int(clash.sum())} pixels get different objects"
+        )
+        raise VostrackError(
+            f"masks {other} and {path} are both for frame {previous.frame} but disagree ({what})"
+        )
     return np.where(labels > 0, labels, previous.labels).astype(np.uint8)

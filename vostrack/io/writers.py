@@ -15,10 +15,10 @@ import os
 import queue
 import subprocess
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 OVERLAY_ALPHA = 0.5
 
 
-def render_overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def render_overlay(
+    frame: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY_ALPHA
+) -> np.ndarray:
     """The frame with each object's palette colour blended in and its contour drawn."""
     out = frame.copy()
     ids = [int(k) for k in np.unique(labels) if k]
@@ -43,8 +45,9 @@ def render_overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = OVERLAY
     blended = frame.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
     out[inside] = blended[inside].round().astype(np.uint8)
     for k in ids:
-        contours, _ = cv2.findContours((labels == k).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                       cv2.CHAIN_APPROX_SIMPLE)
+        contours, _ = cv2.findContours(
+            (labels == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
         colour = tuple(int(c) for c in DAVIS_PALETTE[k])
         cv2.drawContours(out, contours, -1, colour, thickness=2, lineType=cv2.LINE_AA)
     return out
@@ -73,24 +76,53 @@ class OverlayVideo:
         self._pad = (height % 2, width % 2)
         size = f"{width + self._pad[1]}x{height + self._pad[0]}"
         target = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else str(self.tmp)
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", size,
-               "-r", str(Fraction(fps).limit_denominator(100000)), "-i", "-", "-an",
-               "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", str(self.CRF),
-               "-f", self.MUXERS.get(self.path.suffix.lower(), "mp4"), target]
+        cmd = [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-nostdin",
+            "-hide_banner",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-s",
+            size,
+            "-r",
+            str(Fraction(fps).limit_denominator(100000)),
+            "-i",
+            "-",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-crf",
+            str(self.CRF),
+            "-f",
+            self.MUXERS.get(self.path.suffix.lower(), "mp4"),
+            target,
+        ]
         try:
             # Its own session: Ctrl-C in the terminal reaches vostrack, which then aborts ffmpeg.
-            self._process = subprocess.Popen(cmd, stdin=subprocess.PIPE,
-                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                             pass_fds=(fd,), start_new_session=True)
+            self._process = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                pass_fds=(fd,),
+                start_new_session=True,
+            )
         except OSError:
             os.close(fd)
             self.tmp.unlink()
             raise
         os.close(fd)
         self._stderr: list[bytes] = []
-        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True,
-                                               name="vostrack-ffmpeg-stderr")
+        self._stderr_reader = threading.Thread(
+            target=self._read_stderr, daemon=True, name="vostrack-ffmpeg-stderr"
+        )
         self._stderr_reader.start()
 
     def _read_stderr(self) -> None:
@@ -105,11 +137,17 @@ class OverlayVideo:
         lines = [ln for ln in lines if ln]
         reason = next((ln for ln in lines if "No space left" in ln), lines[0] if lines else None)
         if reason is None:
-            reason = (f"ffmpeg exited with status {self._process.returncode}"
-                      if self._process.returncode else str(exc or "ffmpeg failed"))
+            reason = (
+                f"ffmpeg exited with status {self._process.returncode}"
+                if self._process.returncode
+                else str(exc or "ffmpeg failed")
+            )
         full = "No space left" in reason or (exc is not None and exc.errno == errno.ENOSPC)
-        return OSError(errno.ENOSPC if full else errno.EIO,
-                       "no space left" if full else f"ffmpeg: {reason}", str(self.path))
+        return OSError(
+            errno.ENOSPC if full else errno.EIO,
+            "no space left" if full else f"ffmpeg: {reason}",
+            str(self.path),
+        )
 
     def append(self, rgb: np.ndarray) -> None:
         if any(self._pad):
@@ -161,8 +199,13 @@ class FrameResult:
 class ResultWriter:
     """Writes finished frames on a background thread, in order."""
 
-    def __init__(self, output_dir: Path, frame_names: Sequence[str], overlay: OverlayVideo | None,
-                 queue_size: int = 8):
+    def __init__(
+        self,
+        output_dir: Path,
+        frame_names: Sequence[str],
+        overlay: OverlayVideo | None,
+        queue_size: int = 8,
+    ):
         self.output_dir = Path(output_dir)
         self.frame_names = frame_names
         self.overlay = overlay
@@ -208,8 +251,9 @@ class ResultWriter:
             error = self._error
             if isinstance(error, OSError):
                 overlay = self.overlay is not None and error.filename == str(self.overlay.path)
-                raise write_failure(error, self.output_dir,
-                                    "the overlay video" if overlay else "") from None
+                raise write_failure(
+                    error, self.output_dir, "the overlay video" if overlay else ""
+                ) from None
             raise error
 
     def _run(self) -> None:

@@ -17,15 +17,15 @@ Multi-image batches (training): give each part the global object id ``image * K 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from keras import ops
 
 from vostrack.network.boxes import feature_to_pixel
 
 
-def _paste_weights(start: Any, end: Any, size: int, out_size: Any,
-                   stride: int) -> tuple[Any, Any]:
+def _paste_weights(start: Any, end: Any, size: int, out_size: Any, stride: int) -> tuple[Any, Any]:
     """Interpolation matrices along one axis.
 
     For windows [start, end) (N,) sampled by roi_align into ``size`` bins (bin ``i`` at pixel
@@ -47,9 +47,18 @@ def _paste_weights(start: Any, end: Any, size: int, out_size: Any,
     return weights * inside[:, :, None], inside
 
 
-def paste_parts(part_logits: Any, boxes: Any, object_index: Any, valid: Any, scores: Any,
-                num_objects: int, out_hw: Sequence[Any], stride: int = 1,
-                from_logits: bool = True, min_score: float = 0.0) -> tuple[Any, Any]:
+def paste_parts(
+    part_logits: Any,
+    boxes: Any,
+    object_index: Any,
+    valid: Any,
+    scores: Any,
+    num_objects: int,
+    out_hw: Sequence[Any],
+    stride: int = 1,
+    from_logits: bool = True,
+    min_score: float = 0.0,
+) -> tuple[Any, Any]:
     """Paste part crops into per-object maps: ``(object_probs (K, h, w), coverage (K, h, w))``.
 
     part_logits: (N, S, S, 1) (or (N, S, S)), crops of the windows ``boxes`` (N, 4) ``[y0, x0,
@@ -108,8 +117,9 @@ def combine_with_prior(object_probs: Any, coverage: Any, prior_probs: Any) -> An
     windows (``logit(prior) + residual``), so the switch is seamless untrained, and a trained
     head's confident correction is not diluted by the prior. Lost parts are dropped before
     (``min_score`` of :func:`paste_parts`), so that their windows fall back to the prior."""
-    return ops.where(coverage > 0.0, ops.cast(object_probs, "float32"),
-                     ops.cast(prior_probs, "float32"))
+    return ops.where(
+        coverage > 0.0, ops.cast(object_probs, "float32"), ops.cast(prior_probs, "float32")
+    )
 
 
 def soft_aggregate_logits(object_probs: Any, axis: int = 0, epsilon: float = 1e-7) -> Any:

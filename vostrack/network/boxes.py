@@ -41,8 +41,12 @@ from keras import ops
 
 def box_centres_sizes(boxes: Any) -> tuple[Any, Any, Any, Any]:
     """(cy, cx, h, w) of boxes (..., 4)."""
-    return ((boxes[..., 0] + boxes[..., 2]) * 0.5, (boxes[..., 1] + boxes[..., 3]) * 0.5,
-            boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1])
+    return (
+        (boxes[..., 0] + boxes[..., 2]) * 0.5,
+        (boxes[..., 1] + boxes[..., 3]) * 0.5,
+        boxes[..., 2] - boxes[..., 0],
+        boxes[..., 3] - boxes[..., 1],
+    )
 
 
 def boxes_from_centres_sizes(cy: Any, cx: Any, h: Any, w: Any) -> Any:
@@ -64,8 +68,9 @@ def expand_boxes(boxes: Any, context: float, min_side: float = 0.0, square: bool
     cy, cx, h, w = box_centres_sizes(boxes)
     pad = context * (h + w)
     if not square:
-        return boxes_from_centres_sizes(cy, cx, ops.maximum(h + pad, float(min_side)),
-                                        ops.maximum(w + pad, float(min_side)))
+        return boxes_from_centres_sizes(
+            cy, cx, ops.maximum(h + pad, float(min_side)), ops.maximum(w + pad, float(min_side))
+        )
     side = ops.sqrt(ops.maximum(h + pad, 0.0) * ops.maximum(w + pad, 0.0))
     side = ops.maximum(side, float(min_side))
     return boxes_from_centres_sizes(cy, cx, side, side)
@@ -95,8 +100,9 @@ def bin_centres(start: Any, end: Any, size: int) -> Any:
     return start[:, None] + fractions[None, :] * (end - start)[:, None]
 
 
-def response_to_pixel(cells: Any, window_start: Any, window_side: Any, template_size: int,
-                      search_size: int) -> Any:
+def response_to_pixel(
+    cells: Any, window_start: Any, window_side: Any, template_size: int, search_size: int
+) -> Any:
     """Response coordinates (cell i, continuous) -> the part-centre pixel coordinate they stand
     for, along one axis, for search windows starting at ``window_start`` of side
     ``window_side``."""
@@ -104,8 +110,9 @@ def response_to_pixel(cells: Any, window_start: Any, window_side: Any, template_
     return window_start + (cells + template_size / 2.0) * spacing
 
 
-def pixel_to_response(coords: Any, window_start: Any, window_side: Any, template_size: int,
-                      search_size: int) -> Any:
+def pixel_to_response(
+    coords: Any, window_start: Any, window_side: Any, template_size: int, search_size: int
+) -> Any:
     """Inverse of :func:`response_to_pixel`."""
     spacing = window_side / float(search_size)
     return (coords - window_start) / spacing - template_size / 2.0

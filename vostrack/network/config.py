@@ -12,20 +12,34 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Collection, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vostrack.network.parts import PartsConfig
 
 
 #: The memory that ``step`` reads: annotated frames, then recent frames.
-MEMORY_INPUTS = ("reference_keys", "reference_probs", "reference_valid",
-                 "recent_keys", "recent_probs", "recent_valid")
+MEMORY_INPUTS = (
+    "reference_keys",
+    "reference_probs",
+    "reference_valid",
+    "recent_keys",
+    "recent_probs",
+    "recent_valid",
+)
 #: Inputs of the part path (beyond frame, probs and the memory), per function.
 PART_REFERENCE_INPUTS = ("part_boxes", "part_object", "part_valid")
-PART_STEP_INPUTS = ("templates", "ref_p4", "ref_mask", "part_object", "part_valid", "part_boxes",
-                    "prev_probs")
+PART_STEP_INPUTS = (
+    "templates",
+    "ref_p4",
+    "ref_mask",
+    "part_object",
+    "part_valid",
+    "part_boxes",
+    "prev_probs",
+)
 
 
 ARCHITECTURE, BAKED, RUN_TIME = "architecture", "baked", "run time"
@@ -55,18 +69,29 @@ class MatchingConfig:
     reference_share: float | None = _kind(BAKED, None)
 
     def __post_init__(self) -> None:
-        _check("matching.level", self.level, self.level in ("C2", "C3", "C4", "C5"),
-               "be one of C2, C3, C4, C5")
+        _check(
+            "matching.level",
+            self.level,
+            self.level in ("C2", "C3", "C4", "C5"),
+            "be one of C2, C3, C4, C5",
+        )
         _check_int("matching.top_k", self.top_k, 1)
-        _check("matching.temperature", self.temperature,
-               _is_number(self.temperature) and self.temperature > 0, "be a number above 0")
+        _check(
+            "matching.temperature",
+            self.temperature,
+            _is_number(self.temperature) and self.temperature > 0,
+            "be a number above 0",
+        )
         _check_int("matching.memory_frames", self.memory_frames, 1)
         _check_int("matching.local_radius", self.local_radius, 0)
         _check_int("matching.max_references", self.max_references, 1)
         share = self.reference_share
-        _check("matching.reference_share", share,
-               share is None or (_is_number(share) and 0.0 <= share <= 1.0),
-               "lie in 0..1 (or be null)")
+        _check(
+            "matching.reference_share",
+            share,
+            share is None or (_is_number(share) and 0.0 <= share <= 1.0),
+            "lie in 0..1 (or be null)",
+        )
 
 
 @dataclass(frozen=True)
@@ -88,7 +113,7 @@ class PartsModelConfig:
     #: frame), each with weight 1. Training always runs the tracker (its loss needs it).
     track: bool = _kind(BAKED, True)
 
-    def splitting(self) -> "PartsConfig":
+    def splitting(self) -> PartsConfig:
         """How a mask is split into this network's parts (the one bridge between the two)."""
         from vostrack.network.parts import PartsConfig
 
@@ -98,8 +123,12 @@ class PartsModelConfig:
         for name in ("max_parts", "fpn_channels", "template_size", "head_crop", "head_channels"):
             _check_int(f"parts.{name}", getattr(self, name), 1)
         _check_int("parts.search_size", self.search_size, self.template_size)
-        _check("parts.min_part_area", self.min_part_area,
-               _is_number(self.min_part_area) and self.min_part_area >= 0, "be a number >= 0")
+        _check(
+            "parts.min_part_area",
+            self.min_part_area,
+            _is_number(self.min_part_area) and self.min_part_area >= 0,
+            "be a number >= 0",
+        )
         _check("parts.track", self.track, isinstance(self.track, bool), "be true or false")
 
 
@@ -121,15 +150,28 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         side = self.working_short_side
-        _check("working_short_side", side, side is None or (_is_whole(side) and side >= 32),
-               "be a whole number >= 32 (or null: the frame's own size)")
+        _check(
+            "working_short_side",
+            side,
+            side is None or (_is_whole(side) and side >= 32),
+            "be a whole number >= 32 (or null: the frame's own size)",
+        )
         # The deepest level in use must tile the padded frame (the FPN doubles C5 onto C4).
         deepest = 32 if self.parts else self.stride
-        _check("pad_multiple", self.pad_multiple, _is_whole(self.pad_multiple)
-               and self.pad_multiple > 0 and self.pad_multiple % deepest == 0,
-               f"be a positive multiple of {deepest}")
-        _check("mirror_average", self.mirror_average, isinstance(self.mirror_average, bool),
-               "be true or false")
+        _check(
+            "pad_multiple",
+            self.pad_multiple,
+            _is_whole(self.pad_multiple)
+            and self.pad_multiple > 0
+            and self.pad_multiple % deepest == 0,
+            f"be a positive multiple of {deepest}",
+        )
+        _check(
+            "mirror_average",
+            self.mirror_average,
+            isinstance(self.mirror_average, bool),
+            "be true or false",
+        )
 
     @property
     def stride(self) -> int:
@@ -139,7 +181,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         data = dict(data)
         matching = MatchingConfig(**data.pop("matching", {}))
         parts = data.pop("parts", None)
@@ -176,8 +218,9 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
         return key, text
 
 
-def apply_overrides(config: ModelConfig, assignments: Sequence[str],
-                    allowed: Collection[str] = (BAKED, RUN_TIME)) -> ModelConfig:
+def apply_overrides(
+    config: ModelConfig, assignments: Sequence[str], allowed: Collection[str] = (BAKED, RUN_TIME)
+) -> ModelConfig:
     """``config`` with each ``"a.b=value"`` of ``assignments`` applied, checked as a config
     file is (one-line errors). Only fields of a kind in ``allowed`` may change: the weights'
     architecture never can (that is another model), and a frozen graph's baked settings only
@@ -192,9 +235,10 @@ def apply_overrides(config: ModelConfig, assignments: Sequence[str],
             settings = ", ".join(k for k, v in kinds.items() if v in (BAKED, RUN_TIME))
             raise VostrackError(f"--set {key}: no such setting (inference settings: {settings})")
         if kinds[key] not in allowed:
-            why = {BAKED: "it is built into the frozen graph at export: use --runtime keras, "
-                          "or export the model with it (vostrack export --set)"}.get(
-                kinds[key], "it defines the model, not how it runs")
+            why = {
+                BAKED: "it is built into the frozen graph at export: use --runtime keras, "
+                "or export the model with it (vostrack export --set)"
+            }.get(kinds[key], "it defines the model, not how it runs")
             raise VostrackError(f"--set {key}: cannot be changed here; {why}")
         *parents, last = key.split(".")
         node = values

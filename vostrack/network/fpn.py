@@ -40,9 +40,14 @@ class FeaturePyramid(layers.Layer):
         kernel_initializer: of every conv.
     """
 
-    def __init__(self, channels: int = 128, min_level: int = 2, max_level: int = 5,
-                 kernel_initializer: Any = "glorot_uniform",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        channels: int = 128,
+        min_level: int = 2,
+        max_level: int = 5,
+        kernel_initializer: Any = "glorot_uniform",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not 1 <= min_level <= max_level:
             raise ValueError(f"need 1 <= min_level <= max_level, got {min_level}, {max_level}")
@@ -61,15 +66,25 @@ class FeaturePyramid(layers.Layer):
             raise ValueError(f"{self.name}: missing inputs {missing}; got {sorted(inputs_shape)}")
         for level in self.levels:
             shape = tuple(inputs_shape[f"C{level}"])
-            lateral = layers.Conv2D(self.channels, 1, padding="same",
-                                    kernel_initializer=clone_initializer(self.kernel_initializer),
-                                    data_format="channels_last", dtype=self.dtype_policy,
-                                    name=f"lateral_P{level}")
+            lateral = layers.Conv2D(
+                self.channels,
+                1,
+                padding="same",
+                kernel_initializer=clone_initializer(self.kernel_initializer),
+                data_format="channels_last",
+                dtype=self.dtype_policy,
+                name=f"lateral_P{level}",
+            )
             lateral.build(shape)
-            smooth = layers.Conv2D(self.channels, 3, padding="same",
-                                   kernel_initializer=clone_initializer(self.kernel_initializer),
-                                   data_format="channels_last", dtype=self.dtype_policy,
-                                   name=f"output_P{level}")
+            smooth = layers.Conv2D(
+                self.channels,
+                3,
+                padding="same",
+                kernel_initializer=clone_initializer(self.kernel_initializer),
+                data_format="channels_last",
+                dtype=self.dtype_policy,
+                name=f"output_P{level}",
+            )
             smooth.build(shape[:-1] + (self.channels,))
             self.lateral_convs[f"P{level}"] = lateral
             self.output_convs[f"P{level}"] = smooth
@@ -89,12 +104,17 @@ class FeaturePyramid(layers.Layer):
         return {f"P{level}": outputs[f"P{level}"] for level in self.levels}
 
     def compute_output_shape(self, inputs_shape: dict[str, tuple]) -> dict[str, tuple]:
-        return {f"P{level}": tuple(inputs_shape[f"C{level}"])[:-1] + (self.channels,)
-                for level in self.levels}
+        return {
+            f"P{level}": tuple(inputs_shape[f"C{level}"])[:-1] + (self.channels,)
+            for level in self.levels
+        }
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(channels=self.channels, min_level=self.min_level,
-                      max_level=self.max_level,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        config.update(
+            channels=self.channels,
+            min_level=self.min_level,
+            max_level=self.max_level,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
         return config

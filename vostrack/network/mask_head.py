@@ -58,7 +58,8 @@ sample 44 channels per part), and no one-hot product is needed.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 from keras import layers, ops
@@ -113,39 +114,58 @@ def object_channel_images(maps: Any) -> Any:
     return ops.expand_dims(images, -1)
 
 
-def crop_object_maps(maps: Any, boxes: Any, box_indices: Any, object_index: Any, size: int,
-                     stride: int) -> Any:
+def crop_object_maps(
+    maps: Any, boxes: Any, box_indices: Any, object_index: Any, size: int, stride: int
+) -> Any:
     """Crop each part's own object channel: ``maps`` (B, H, W, K) at ``stride`` (1 = frame
     resolution), windows (N, 4) px, ``box_indices``/``object_index`` (N,) -> (N, size, size, 1).
     Also the way to crop training targets (the object's ground-truth mask) for the head's loss."""
     num_objects = ops.shape(maps)[-1]
-    index = (ops.cast(box_indices, "int32") * ops.cast(num_objects, "int32")
-             + ops.cast(object_index, "int32"))
-    return crop_window(object_channel_images(ops.cast(maps, "float32")), boxes, index, size,
-                       stride)
+    index = ops.cast(box_indices, "int32") * ops.cast(num_objects, "int32") + ops.cast(
+        object_index, "int32"
+    )
+    return crop_window(object_channel_images(ops.cast(maps, "float32")), boxes, index, size, stride)
 
 
-def _pyramid_crop(pyramid: dict[str, Any], level: str, boxes: Any, box_indices: Any,
-                  size: int) -> Any:
+def _pyramid_crop(
+    pyramid: dict[str, Any], level: str, boxes: Any, box_indices: Any, size: int
+) -> Any:
     return crop_window(pyramid[level], boxes, box_indices, size, LEVEL_STRIDES[level])
 
 
-def crop_reference(pyramid: dict[str, Any], windows: Any, box_indices: Any, object_index: Any,
-                   masks: Any, crop_size: int = 8, mask_stride: int = 1) -> dict[str, Any]:
+def crop_reference(
+    pyramid: dict[str, Any],
+    windows: Any,
+    box_indices: Any,
+    object_index: Any,
+    masks: Any,
+    crop_size: int = 8,
+    mask_stride: int = 1,
+) -> dict[str, Any]:
     """The reference inputs, cropped once per annotation: ``{"ref_p4": (N, s, s, C),
     "ref_mask": (N, s, s, 1)}`` for the parts' reference mask windows (N, 4) px on image
     ``box_indices`` of the reference frame's ``pyramid`` (needs "P4"); ``masks`` (B, H, W, K)
     object probabilities (one-hot annotation) at ``mask_stride``. The mask is sampled at 4s x 4s
     and average-pooled 4x4 (an area average: a binary mask point-sampled at 8 x 8 aliases)."""
-    fine = crop_object_maps(masks, windows, box_indices, object_index, 4 * crop_size,
-                            mask_stride)
-    return {"ref_p4": _pyramid_crop(pyramid, "P4", windows, box_indices, crop_size),
-            "ref_mask": ops.average_pool(fine, 4, strides=4, padding="valid")}
+    fine = crop_object_maps(masks, windows, box_indices, object_index, 4 * crop_size, mask_stride)
+    return {
+        "ref_p4": _pyramid_crop(pyramid, "P4", windows, box_indices, crop_size),
+        "ref_mask": ops.average_pool(fine, 4, strides=4, padding="valid"),
+    }
 
 
-def crop_part_inputs(pyramid: dict[str, Any], windows: Any, box_indices: Any, object_index: Any,
-                     prev_mask: Any, prior: Any, reference: dict[str, Any], crop_size: int = 8,
-                     prev_stride: int = 4, prior_stride: int = 16) -> dict[str, Any]:
+def crop_part_inputs(
+    pyramid: dict[str, Any],
+    windows: Any,
+    box_indices: Any,
+    object_index: Any,
+    prev_mask: Any,
+    prior: Any,
+    reference: dict[str, Any],
+    crop_size: int = 8,
+    prev_stride: int = 4,
+    prior_stride: int = 16,
+) -> dict[str, Any]:
     """All inputs of :class:`PartMaskHead` for one frame.
 
     pyramid: ``{"P2", "P3", "P4"}`` of the current frame(s), (B, H/s, W/s, C) each (strides 4,
@@ -166,10 +186,10 @@ def crop_part_inputs(pyramid: dict[str, Any], windows: Any, box_indices: Any, ob
         "cur_p4": _pyramid_crop(pyramid, "P4", windows, box_indices, s),
         "cur_p3": _pyramid_crop(pyramid, "P3", windows, box_indices, 2 * s),
         "cur_p2": _pyramid_crop(pyramid, "P2", windows, box_indices, 4 * s),
-        "prev_mask": crop_object_maps(prev_mask, windows, box_indices, object_index, 4 * s,
-                                      prev_stride),
-        "prior": crop_object_maps(prior, windows, box_indices, object_index, 4 * s,
-                                  prior_stride),
+        "prev_mask": crop_object_maps(
+            prev_mask, windows, box_indices, object_index, 4 * s, prev_stride
+        ),
+        "prior": crop_object_maps(prior, windows, box_indices, object_index, 4 * s, prior_stride),
     }
     inputs["ref_p4"] = reference["ref_p4"]
     inputs["ref_mask"] = reference["ref_mask"]
@@ -214,9 +234,15 @@ class PartMaskHead(layers.Layer):
         kernel_initializer: of every conv except the zero-initialised output conv.
     """
 
-    def __init__(self, channels: int = 64, refine_channels: Sequence[int] = (32, 16),
-                 global_kernel: int = 7, prior_epsilon: float = 1e-4,
-                 kernel_initializer: Any = "glorot_uniform", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        channels: int = 64,
+        refine_channels: Sequence[int] = (32, 16),
+        global_kernel: int = 7,
+        prior_epsilon: float = 1e-4,
+        kernel_initializer: Any = "glorot_uniform",
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         refine_channels = tuple(int(c) for c in refine_channels)
@@ -233,16 +259,19 @@ class PartMaskHead(layers.Layer):
 
     # ---------------------------------------------------------------- build
 
-    def _conv(self, name: str, filters: int, kernel: Any, in_channels: int,
-              output: bool = False) -> None:
+    def _conv(
+        self, name: str, filters: int, kernel: Any, in_channels: int, output: bool = False
+    ) -> None:
         if output:
-            options = dict(kernel_initializer="zeros", bias_initializer="zeros",
-                           dtype="float32")
+            options = dict(kernel_initializer="zeros", bias_initializer="zeros", dtype="float32")
         else:
-            options = dict(kernel_initializer=clone_initializer(self.kernel_initializer),
-                           dtype=self.dtype_policy)
-        conv = layers.Conv2D(filters, kernel, padding="same", data_format="channels_last",
-                             name=name, **options)
+            options = dict(
+                kernel_initializer=clone_initializer(self.kernel_initializer),
+                dtype=self.dtype_policy,
+            )
+        conv = layers.Conv2D(
+            filters, kernel, padding="same", data_format="channels_last", name=name, **options
+        )
         conv.build((None, None, None, in_channels))
         self.convs[name] = conv
 
@@ -255,13 +284,22 @@ class PartMaskHead(layers.Layer):
         if missing:
             raise ValueError(f"{self.name}: missing inputs {missing}; got {sorted(input_shape)}")
         size = input_shape["cur_p4"][1]
-        expected = {"cur_p4": size, "ref_p4": size, "ref_mask": size, "cur_p3": 2 * size,
-                    "cur_p2": 4 * size, "prev_mask": 4 * size, "prior": 4 * size}
+        expected = {
+            "cur_p4": size,
+            "ref_p4": size,
+            "ref_mask": size,
+            "cur_p3": 2 * size,
+            "cur_p2": 4 * size,
+            "prev_mask": 4 * size,
+            "prior": 4 * size,
+        }
         if size is not None:
             for key, side in expected.items():
                 if tuple(input_shape[key][1:3]) != (side, side):
-                    raise ValueError(f"{self.name}: {key} must be {side}x{side} for a "
-                                     f"{size}x{size} cur_p4, got {input_shape[key]}")
+                    raise ValueError(
+                        f"{self.name}: {key} must be {side}x{side} for a "
+                        f"{size}x{size} cur_p4, got {input_shape[key]}"
+                    )
         for key in ("ref_mask", "prev_mask", "prior"):
             if input_shape[key][-1] != 1:
                 raise ValueError(f"{self.name}: {key} needs 1 channel, got {input_shape[key]}")
@@ -284,17 +322,23 @@ class PartMaskHead(layers.Layer):
         self._conv("global_r1", ch, (1, k), ch)
         self._conv("global_r2", ch, (k, 1), ch)
         self._res_block("coarse_res", ch)
-        for name, skip_channels, width, upper in (("refine3", c3, mid, ch),
-                                                   ("refine2", c2, fine, mid)):
+        for name, skip_channels, width, upper in (
+            ("refine3", c3, mid, ch),
+            ("refine2", c2, fine, mid),
+        ):
             self._conv(f"{name}_skip", width, 3, skip_channels + 2)
             self._res_block(f"{name}_skip_res", width)
             if upper != width:
                 self._conv(f"{name}_upper", width, 1, upper)
             self._res_block(f"{name}_res", width)
         self._conv("output", 1, 3, fine, output=True)
-        self.upsample = layers.UpSampling2D(2, interpolation="bilinear",
-                                            data_format="channels_last",
-                                            dtype=self.dtype_policy, name="upsample")
+        self.upsample = layers.UpSampling2D(
+            2,
+            interpolation="bilinear",
+            data_format="channels_last",
+            dtype=self.dtype_policy,
+            name="upsample",
+        )
         self.built = True
 
     # ---------------------------------------------------------------- call
@@ -316,11 +360,14 @@ class PartMaskHead(layers.Layer):
     def call(self, inputs: dict[str, Any]) -> Any:
         self._check_shapes({key: tuple(value.shape) for key, value in inputs.items()})
         dtype = self.compute_dtype
-        feats = {key: ops.cast(inputs[key], dtype)
-                 for key in ("cur_p4", "cur_p3", "cur_p2", "ref_p4", "ref_mask")}
+        feats = {
+            key: ops.cast(inputs[key], dtype)
+            for key in ("cur_p4", "cur_p3", "cur_p2", "ref_p4", "ref_mask")
+        }
         prior = ops.cast(inputs["prior"], "float32")
-        masks4 = ops.concatenate([ops.cast(inputs["prev_mask"], dtype), ops.cast(prior, dtype)],
-                                 axis=-1)  # (N, 4s, 4s, 2)
+        masks4 = ops.concatenate(
+            [ops.cast(inputs["prev_mask"], dtype), ops.cast(prior, dtype)], axis=-1
+        )  # (N, 4s, 4s, 2)
         masks2 = ops.average_pool(masks4, 2, strides=2, padding="valid")
         masks1 = ops.average_pool(masks2, 2, strides=2, padding="valid")
 
@@ -328,8 +375,7 @@ class PartMaskHead(layers.Layer):
         ref_code = ops.relu(self.convs["ref_encode"](ops.concatenate([ref, ref_mask], axis=-1)))
         fg = _prototype_similarity(cur, ref, ref_mask)
         bg = _prototype_similarity(cur, ref, 1.0 - ref_mask)
-        x = ops.relu(self.convs["fuse"](ops.concatenate([cur, ref_code, fg, bg, masks1],
-                                                        axis=-1)))
+        x = ops.relu(self.convs["fuse"](ops.concatenate([cur, ref_code, fg, bg, masks1], axis=-1)))
         left = self.convs["global_l2"](self.convs["global_l1"](x))
         right = self.convs["global_r2"](self.convs["global_r1"](x))
         x = self._apply_res("coarse_res", ops.relu(left + right))
@@ -348,7 +394,11 @@ class PartMaskHead(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(channels=self.channels, refine_channels=list(self.refine_channels),
-                      global_kernel=self.global_kernel, prior_epsilon=self.prior_epsilon,
-                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer))
+        config.update(
+            channels=self.channels,
+            refine_channels=list(self.refine_channels),
+            global_kernel=self.global_kernel,
+            prior_epsilon=self.prior_epsilon,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
         return config

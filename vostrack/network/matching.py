@@ -30,16 +30,26 @@ def window_indices(height: Any, width: Any, radius: int) -> tuple[Any, Any]:
     dx = ops.tile(offsets, [2 * radius + 1])
     ys = ops.expand_dims(ops.repeat(ops.arange(height), width), 1) + dy
     xs = ops.expand_dims(ops.tile(ops.arange(width), [height]), 1) + dx
-    inside = ops.logical_and(ops.logical_and(ys >= 0, ys < height),
-                             ops.logical_and(xs >= 0, xs < width))
+    inside = ops.logical_and(
+        ops.logical_and(ys >= 0, ys < height), ops.logical_and(xs >= 0, xs < width)
+    )
     index = ops.clip(ys, 0, height - 1) * width + ops.clip(xs, 0, width - 1)
     return ops.cast(index, "int32"), inside
 
 
-def propagate_labels(query: Any, reference_keys: Any, reference_probs: Any, reference_valid: Any,
-                     recent_keys: Any, recent_probs: Any, recent_valid: Any, radius: int,
-                     top_k: int, temperature: float, reference_share: float | None = None
-                     ) -> Any:
+def propagate_labels(
+    query: Any,
+    reference_keys: Any,
+    reference_probs: Any,
+    reference_valid: Any,
+    recent_keys: Any,
+    recent_probs: Any,
+    recent_valid: Any,
+    radius: int,
+    top_k: int,
+    temperature: float,
+    reference_share: float | None = None,
+) -> Any:
     """Object probabilities of each query cell.
 
     query (h, w, C) L2-normalised; reference_* : R annotated frames, searched globally;
@@ -77,8 +87,9 @@ def propagate_labels(query: Any, reference_keys: Any, reference_probs: Any, refe
     local_aff = ops.reshape(ops.transpose(local_aff, (1, 0, 2)), (cells, num_recent * window))
     probs = ops.reshape(recent_probs, (num_recent, cells, num_classes))
     local_probs = ops.take(probs, index, axis=1)  # (P, cells, W, K+1)
-    local_probs = ops.reshape(ops.transpose(local_probs, (1, 0, 2, 3)),
-                              (cells, num_recent * window, num_classes))
+    local_probs = ops.reshape(
+        ops.transpose(local_probs, (1, 0, 2, 3)), (cells, num_recent * window, num_classes)
+    )
 
     if reference_share is not None:
         ref_read, ref_any = _vote(global_aff, global_probs, top_k, temperature)
@@ -92,8 +103,10 @@ def propagate_labels(query: Any, reference_keys: Any, reference_probs: Any, refe
     num_global = num_ref * cells
     from_global = ops.take(global_probs, ops.clip(chosen, 0, num_global - 1), axis=0)
     from_local = ops.take_along_axis(
-        local_probs, ops.expand_dims(ops.clip(chosen - num_global, 0, num_recent * window - 1), -1),
-        axis=1)
+        local_probs,
+        ops.expand_dims(ops.clip(chosen - num_global, 0, num_recent * window - 1), -1),
+        axis=1,
+    )
     votes = ops.where(ops.expand_dims(chosen < num_global, -1), from_global, from_local)
     return ops.reshape(read_votes(weights, votes), (height, width, num_classes))
 
@@ -131,8 +144,9 @@ def read_votes(weights: Any, votes: Any) -> Any:
     known = ops.cast(votes >= 0.0, "float32")
     probs = ops.maximum(votes, 0.0) * known
     w = ops.expand_dims(weights, -1)
-    objects = (ops.sum(w * probs, axis=1)[:, 1:]
-               / ops.maximum(ops.sum(w * known, axis=1)[:, 1:], 1e-12))
+    objects = ops.sum(w * probs, axis=1)[:, 1:] / ops.maximum(
+        ops.sum(w * known, axis=1)[:, 1:], 1e-12
+    )
     total = ops.sum(objects, axis=-1, keepdims=True)
     objects = objects / ops.maximum(total, 1.0)
     background = ops.maximum(1.0 - total, 0.0)

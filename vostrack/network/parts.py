@@ -17,8 +17,8 @@ Also here: the two numpy constants of the tracker's graph, :func:`response_size`
 from __future__ import annotations
 
 import dataclasses
-import numpy as np
 
+import numpy as np
 
 # --------------------------------------------------------------------------- boxes
 
@@ -156,10 +156,16 @@ def kmeans_parts(mask: np.ndarray, config: PartsConfig = PartsConfig()) -> KMean
             # keeps its centre (cannot happen from distinct seeds on the first iteration; kept
             # for safety on later iterations).
             counts = np.bincount(labels, minlength=k)
-            sums = np.stack([np.bincount(labels, sample[:, 0], minlength=k),
-                             np.bincount(labels, sample[:, 1], minlength=k)], axis=1)
-            new_centres = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None],
-                                   centres)
+            sums = np.stack(
+                [
+                    np.bincount(labels, sample[:, 0], minlength=k),
+                    np.bincount(labels, sample[:, 1], minlength=k),
+                ],
+                axis=1,
+            )
+            new_centres = np.where(
+                counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres
+            )
             new_labels = nearest_centre(sample, new_centres)
             centres = new_centres
             if np.array_equal(new_labels, labels):
@@ -199,8 +205,8 @@ def split_mask(mask: np.ndarray, config: PartsConfig = PartsConfig()) -> Parts:
     found = kmeans_parts(mask, config).boxes
     boxes = np.zeros((config.max_parts, 4), np.float32)
     valid = np.zeros(config.max_parts, bool)
-    boxes[:len(found)] = found
-    valid[:len(found)] = True
+    boxes[: len(found)] = found
+    valid[: len(found)] = True
     return Parts(boxes, valid)
 
 

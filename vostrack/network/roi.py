@@ -25,7 +25,8 @@ cell at once: four gathers per crop regardless of the channel count. The number 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from keras import ops
 
@@ -44,8 +45,9 @@ def _grid(start: Any, end: Any, size: int, extent: Any) -> Any:
     return (0.5 * (start + end) * scale_extent)[:, None]
 
 
-def sample_bilinear(features: Any, ys: Any, xs: Any, box_indices: Any,
-                    extrapolation_value: float = 0.0) -> Any:
+def sample_bilinear(
+    features: Any, ys: Any, xs: Any, box_indices: Any, extrapolation_value: float = 0.0
+) -> Any:
     """Sample ``features`` (B, H, W, C) on the separable grids ``ys`` (N, h) x ``xs`` (N, w) given
     in index coordinates (cell ``j`` at ``j``), of image ``box_indices[n]``: (N, h, w, C).
 
@@ -97,8 +99,13 @@ def sample_bilinear(features: Any, ys: Any, xs: Any, box_indices: Any,
     return ops.where(inside, values, fill)
 
 
-def crop_and_resize(features: Any, boxes: Any, box_indices: Any, crop_size: Sequence[int],
-                    extrapolation_value: float = 0.0) -> Any:
+def crop_and_resize(
+    features: Any,
+    boxes: Any,
+    box_indices: Any,
+    crop_size: Sequence[int],
+    extrapolation_value: float = 0.0,
+) -> Any:
     """``tf.image.crop_and_resize(features, boxes, box_indices, crop_size)`` (bilinear) in
     ``keras.ops``.
 
@@ -114,8 +121,14 @@ def crop_and_resize(features: Any, boxes: Any, box_indices: Any, crop_size: Sequ
     return sample_bilinear(features, ys, xs, box_indices, extrapolation_value)
 
 
-def roi_align(features: Any, boxes: Any, box_indices: Any, crop_size: Sequence[int],
-              stride: int, extrapolation_value: float = 0.0) -> Any:
+def roi_align(
+    features: Any,
+    boxes: Any,
+    box_indices: Any,
+    crop_size: Sequence[int],
+    stride: int,
+    extrapolation_value: float = 0.0,
+) -> Any:
     """Crop pixel boxes out of a stride-``stride`` feature map: (N, h, w, C).
 
     boxes: (N, 4) ``[y0, x0, y1, x1]`` in pixel coordinates of the (padded) frame the features were

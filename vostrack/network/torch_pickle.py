@@ -25,7 +25,8 @@ import collections
 import os
 import pickle
 import zipfile
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -96,8 +97,9 @@ class _LazyTensor:
         return np.ascontiguousarray(view)
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     return _LazyTensor(storage, storage_offset, size, stride)
 
 

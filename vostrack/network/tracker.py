@@ -64,8 +64,9 @@ def template_windows(boxes: Any, context: float = 0.5, min_side: float = 0.0) ->
     return expand_boxes(boxes, context, min_side, square=True)
 
 
-def search_windows(boxes: Any, context: float = 0.5, factor: float = 3.0,
-                   min_side: float = 0.0) -> Any:
+def search_windows(
+    boxes: Any, context: float = 0.5, factor: float = 3.0, min_side: float = 0.0
+) -> Any:
     """The search windows (N, 4) of part boxes (N, 4): their template windows scaled by
     ``factor`` (= search_size / template_size for the tracker)."""
     return scale_boxes(template_windows(boxes, context, min_side), factor)
@@ -80,9 +81,17 @@ def _parabola_offset(left: Any, centre: Any, right: Any) -> Any:
     return ops.clip(ops.where(concave, offset, 0.0), -0.5, 0.5)
 
 
-def decode_response(response: Any, windows: Any, previous_boxes: Any, template_size: int,
-                    search_size: int, offsets: Any = None, window_influence: float = 0.25,
-                    size_lr: float = 1.0, valid: Any = None) -> tuple[Any, Any]:
+def decode_response(
+    response: Any,
+    windows: Any,
+    previous_boxes: Any,
+    template_size: int,
+    search_size: int,
+    offsets: Any = None,
+    window_influence: float = 0.25,
+    size_lr: float = 1.0,
+    valid: Any = None,
+) -> tuple[Any, Any]:
     """New part boxes (N, 4) and scores (N,) in [0, 1] from response logits (N, R, R, 1), for
     search ``windows`` (N, 4) made from ``previous_boxes`` (N, 4).
 
@@ -97,8 +106,10 @@ def decode_response(response: Any, windows: Any, previous_boxes: Any, template_s
     """
     size = response.shape[1]
     if size is None or size != response_size(template_size, search_size):
-        raise ValueError(f"response of shape {response.shape} does not fit template_size "
-                         f"{template_size} and search_size {search_size}")
+        raise ValueError(
+            f"response of shape {response.shape} does not fit template_size "
+            f"{template_size} and search_size {search_size}"
+        )
     flat = ops.reshape(ops.cast(response, "float32"), (-1, size * size))
     low = ops.min(flat, axis=1, keepdims=True)
     high = ops.max(flat, axis=1, keepdims=True)
@@ -115,8 +126,9 @@ def decode_response(response: Any, windows: Any, previous_boxes: Any, template_s
     centre = at(flat, pi, pj)
     if offsets is not None:
         offsets = ops.cast(offsets, "float32")
-        fy, fx, dh, dw = (at(ops.reshape(offsets[..., k], (-1, size * size)), pi, pj)
-                          for k in range(4))
+        fy, fx, dh, dw = (
+            at(ops.reshape(offsets[..., k], (-1, size * size)), pi, pj) for k in range(4)
+        )
         scale_h = ops.exp(size_lr * dh)
         scale_w = ops.exp(size_lr * dw)
     else:
@@ -126,15 +138,26 @@ def decode_response(response: Any, windows: Any, previous_boxes: Any, template_s
         left = at(flat, pi, ops.maximum(pj - 1, 0))
         right = at(flat, pi, ops.minimum(pj + 1, last))
         fy = ops.where(ops.logical_and(pi > 0, pi < last), _parabola_offset(up, centre, down), 0.0)
-        fx = ops.where(ops.logical_and(pj > 0, pj < last), _parabola_offset(left, centre, right),
-                       0.0)
+        fx = ops.where(
+            ops.logical_and(pj > 0, pj < last), _parabola_offset(left, centre, right), 0.0
+        )
         scale_h = scale_w = 1.0
     windows = ops.cast(windows, "float32")
     previous_boxes = ops.cast(previous_boxes, "float32")
-    cy = response_to_pixel(ops.cast(pi, "float32") + fy, windows[:, 0],
-                           windows[:, 2] - windows[:, 0], template_size, search_size)
-    cx = response_to_pixel(ops.cast(pj, "float32") + fx, windows[:, 1],
-                           windows[:, 3] - windows[:, 1], template_size, search_size)
+    cy = response_to_pixel(
+        ops.cast(pi, "float32") + fy,
+        windows[:, 0],
+        windows[:, 2] - windows[:, 0],
+        template_size,
+        search_size,
+    )
+    cx = response_to_pixel(
+        ops.cast(pj, "float32") + fx,
+        windows[:, 1],
+        windows[:, 3] - windows[:, 1],
+        template_size,
+        search_size,
+    )
     _, _, ph, pw = box_centres_sizes(previous_boxes)
     boxes = boxes_from_centres_sizes(cy, cx, ph * scale_h, pw * scale_w)
     scores = ops.sigmoid(centre)
@@ -175,23 +198,34 @@ class PartTracker(layers.Layer):
             cosine similarity into logits (cos 1 -> sigmoid 0.92, cos 0 -> 0.08).
     """
 
-    def __init__(self, stride: int = 16, template_size: int = 6, search_size: int = 18,
-                 context: float = 0.5, min_template_side: float | None = None,
-                 adjust_channels: int | None = 64, head_channels: int = 64,
-                 window_influence: float = 0.25, size_lr: float = 1.0, use_offsets: bool = True,
-                 similarity_scale: float = 5.0, similarity_bias: float = -2.5,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        stride: int = 16,
+        template_size: int = 6,
+        search_size: int = 18,
+        context: float = 0.5,
+        min_template_side: float | None = None,
+        adjust_channels: int | None = 64,
+        head_channels: int = 64,
+        window_influence: float = 0.25,
+        size_lr: float = 1.0,
+        use_offsets: bool = True,
+        similarity_scale: float = 5.0,
+        similarity_bias: float = -2.5,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if search_size <= template_size or (search_size - template_size) % 2:
-            raise ValueError(f"search_size - template_size must be positive and even, got "
-                             f"{search_size} - {template_size}")
+            raise ValueError(
+                f"search_size - template_size must be positive and even, got "
+                f"{search_size} - {template_size}"
+            )
         self.stride = int(stride)
         self.template_size = int(template_size)
         self.search_size = int(search_size)
         self.context = float(context)
-        self.min_template_side = (None if min_template_side is None
-                                  else float(min_template_side))
+        self.min_template_side = None if min_template_side is None else float(min_template_side)
         self.adjust_channels = None if adjust_channels is None else int(adjust_channels)
         self.head_channels = int(head_channels)
         self.window_influence = float(window_influence)
@@ -214,13 +248,18 @@ class PartTracker(layers.Layer):
 
     def template_windows(self, boxes: Any) -> Any:
         """Template windows (N, 4) of part boxes (N, 4)."""
-        return template_windows(ops.stop_gradient(ops.cast(boxes, "float32")), self.context,
-                                self.min_side)
+        return template_windows(
+            ops.stop_gradient(ops.cast(boxes, "float32")), self.context, self.min_side
+        )
 
     def search_windows(self, boxes: Any) -> Any:
         """Search windows (N, 4) around part boxes (N, 4)."""
-        return search_windows(ops.stop_gradient(ops.cast(boxes, "float32")), self.context,
-                              self.search_size / self.template_size, self.min_side)
+        return search_windows(
+            ops.stop_gradient(ops.cast(boxes, "float32")),
+            self.context,
+            self.search_size / self.template_size,
+            self.min_side,
+        )
 
     def crop_templates(self, features: Any, boxes: Any, box_indices: Any) -> Any:
         """Template crops (N, T, T, C) of part boxes on image ``box_indices`` of ``features``
@@ -239,43 +278,60 @@ class PartTracker(layers.Layer):
     def build(self, templates_shape: tuple, search_shape: tuple) -> None:
         channels = templates_shape[-1]
         if channels is None or search_shape[-1] != channels:
-            raise ValueError(f"templates {templates_shape} and search {search_shape} need the "
-                             f"same static channel count")
+            raise ValueError(
+                f"templates {templates_shape} and search {search_shape} need the "
+                f"same static channel count"
+            )
         common = dict(data_format="channels_last", dtype=self.dtype_policy)
         corr_channels = channels
         self.adjust_template = self.adjust_search = None
         if self.adjust_channels is not None:
-            self.adjust_template = layers.Conv2D(self.adjust_channels, 1, use_bias=False,
-                                                 name="adjust_template", **common)
-            self.adjust_search = layers.Conv2D(self.adjust_channels, 1, use_bias=False,
-                                               name="adjust_search", **common)
+            self.adjust_template = layers.Conv2D(
+                self.adjust_channels, 1, use_bias=False, name="adjust_template", **common
+            )
+            self.adjust_search = layers.Conv2D(
+                self.adjust_channels, 1, use_bias=False, name="adjust_search", **common
+            )
             self.adjust_template.build(tuple(templates_shape))
             self.adjust_search.build(tuple(search_shape))
             corr_channels = self.adjust_channels
         r = self.response_size
-        self.head_conv = layers.Conv2D(self.head_channels, 3, padding="same", activation="relu",
-                                       name="head_conv", **common)
+        self.head_conv = layers.Conv2D(
+            self.head_channels, 3, padding="same", activation="relu", name="head_conv", **common
+        )
         self.head_conv.build((None, r, r, corr_channels))
         # Zero-initialised outputs: untrained, the response is the cosine similarity's.
-        self.response_conv = layers.Conv2D(1, 1, kernel_initializer="zeros",
-                                           name="response_conv", **common)
+        self.response_conv = layers.Conv2D(
+            1, 1, kernel_initializer="zeros", name="response_conv", **common
+        )
         self.response_conv.build((None, r, r, self.head_channels))
-        self.offsets_conv = layers.Conv2D(4, 1, kernel_initializer="zeros",
-                                          name="offsets_conv", **common)
+        self.offsets_conv = layers.Conv2D(
+            4, 1, kernel_initializer="zeros", name="offsets_conv", **common
+        )
         self.offsets_conv.build((None, r, r, self.head_channels))
-        self.scale = self.add_weight(shape=(), name="similarity_scale",
-                                     initializer=keras.initializers.Constant(
-                                         self.similarity_scale))
-        self.bias = self.add_weight(shape=(), name="similarity_bias",
-                                    initializer=keras.initializers.Constant(self.similarity_bias))
+        self.scale = self.add_weight(
+            shape=(),
+            name="similarity_scale",
+            initializer=keras.initializers.Constant(self.similarity_scale),
+        )
+        self.bias = self.add_weight(
+            shape=(),
+            name="similarity_bias",
+            initializer=keras.initializers.Constant(self.similarity_bias),
+        )
         self.built = True
 
     def call(self, templates: Any, search: Any) -> dict[str, Any]:
         templates = ops.cast(templates, self.compute_dtype)
         search = ops.cast(search, self.compute_dtype)
         cells = float(self.template_size * self.template_size)
-        similarity = xcorr(l2_normalize(search, _L2_EPSILON, rsqrt=True),
-                           l2_normalize(templates, _L2_EPSILON, rsqrt=True)) / cells
+        similarity = (
+            xcorr(
+                l2_normalize(search, _L2_EPSILON, rsqrt=True),
+                l2_normalize(templates, _L2_EPSILON, rsqrt=True),
+            )
+            / cells
+        )
         if self.adjust_template is not None:
             templates = self.adjust_template(templates)
             search = self.adjust_search(search)
@@ -283,46 +339,75 @@ class PartTracker(layers.Layer):
         correlation = depthwise_xcorr(search, templates) / cells
         hidden = self.head_conv(correlation)
         response = self.scale * similarity + self.bias + self.response_conv(hidden)
-        return {"response": response, "offsets": self.offsets_conv(hidden),
-                "similarity": similarity}
+        return {
+            "response": response,
+            "offsets": self.offsets_conv(hidden),
+            "similarity": similarity,
+        }
 
-    def compute_output_shape(self, templates_shape: tuple,
-                             search_shape: tuple) -> dict[str, tuple]:
+    def compute_output_shape(self, templates_shape: tuple, search_shape: tuple) -> dict[str, tuple]:
         r = self.response_size
         n = templates_shape[0]
         return {"response": (n, r, r, 1), "offsets": (n, r, r, 4), "similarity": (n, r, r, 1)}
 
     # ---------------------------------------------------------------- per frame
 
-    def decode(self, outputs: dict[str, Any], windows: Any, previous_boxes: Any,
-               valid: Any = None, use_offsets: bool | None = None) -> tuple[Any, Any]:
+    def decode(
+        self,
+        outputs: dict[str, Any],
+        windows: Any,
+        previous_boxes: Any,
+        valid: Any = None,
+        use_offsets: bool | None = None,
+    ) -> tuple[Any, Any]:
         """New boxes (N, 4) and scores (N,) from :meth:`call`'s outputs."""
         use_offsets = self.use_offsets if use_offsets is None else use_offsets
-        return decode_response(outputs["response"], windows, previous_boxes, self.template_size,
-                               self.search_size,
-                               offsets=outputs["offsets"] if use_offsets else None,
-                               window_influence=self.window_influence, size_lr=self.size_lr,
-                               valid=valid)
+        return decode_response(
+            outputs["response"],
+            windows,
+            previous_boxes,
+            self.template_size,
+            self.search_size,
+            offsets=outputs["offsets"] if use_offsets else None,
+            window_influence=self.window_influence,
+            size_lr=self.size_lr,
+            valid=valid,
+        )
 
-    def track(self, features: Any, templates: Any, boxes: Any, box_indices: Any,
-              valid: Any = None, use_offsets: bool | None = None) -> dict[str, Any]:
+    def track(
+        self,
+        features: Any,
+        templates: Any,
+        boxes: Any,
+        box_indices: Any,
+        valid: Any = None,
+        use_offsets: bool | None = None,
+    ) -> dict[str, Any]:
         """One frame: search around ``boxes`` (N, 4) on image ``box_indices`` of ``features``,
         correlate with ``templates`` (N, T, T, C) and decode. Returns ``{"boxes", "scores",
         "response", "offsets", "similarity", "windows"}``."""
         search, windows = self.crop_search(features, boxes, box_indices)
         outputs = dict(self(templates, search))
-        outputs["boxes"], outputs["scores"] = self.decode(outputs, windows, boxes, valid,
-                                                          use_offsets)
+        outputs["boxes"], outputs["scores"] = self.decode(
+            outputs, windows, boxes, valid, use_offsets
+        )
         outputs["windows"] = windows
         return outputs
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(stride=self.stride, template_size=self.template_size,
-                      search_size=self.search_size, context=self.context,
-                      min_template_side=self.min_template_side,
-                      adjust_channels=self.adjust_channels, head_channels=self.head_channels,
-                      window_influence=self.window_influence, size_lr=self.size_lr,
-                      use_offsets=self.use_offsets, similarity_scale=self.similarity_scale,
-                      similarity_bias=self.similarity_bias)
+        config.update(
+            stride=self.stride,
+            template_size=self.template_size,
+            search_size=self.search_size,
+            context=self.context,
+            min_template_side=self.min_template_side,
+            adjust_channels=self.adjust_channels,
+            head_channels=self.head_channels,
+            window_influence=self.window_influence,
+            size_lr=self.size_lr,
+            use_offsets=self.use_offsets,
+            similarity_scale=self.similarity_scale,
+            similarity_bias=self.similarity_bias,
+        )
         return config

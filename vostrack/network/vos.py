@@ -20,17 +20,20 @@ from typing import Any
 import keras
 from keras import ops
 
-from vostrack.network.aggregation import (combine_with_prior, paste_parts, soft_aggregate,
-                                          soft_aggregate_logits)
+from vostrack.network.aggregation import (
+    combine_with_prior,
+    paste_parts,
+    soft_aggregate,
+    soft_aggregate_logits,
+)
 from vostrack.network.backbones import get_backbone_builder
 from vostrack.network.config import ModelConfig
+from vostrack.network.cosine import l2_normalize
 from vostrack.network.fpn import FeaturePyramid
 from vostrack.network.mask_head import PartMaskHead, crop_part_inputs, crop_reference, mask_windows
-from vostrack.network.cosine import l2_normalize
 from vostrack.network.matching import KEY_EPSILON, propagate_labels
 from vostrack.network.roi import resize_aligned
 from vostrack.network.tracker import PartTracker
-
 
 
 def resize(images: Any, size: tuple, antialias: bool = False) -> Any:
@@ -78,16 +81,23 @@ class VosNetwork(keras.Model):
         level = config.matching.level
         # A sub-model up to the levels in use: later stages are never computed.
         levels = ("C2", "C3", "C4", "C5") if config.parts else (level,)
-        self.encoder = keras.Model(backbone.input, {k: backbone.output[k] for k in levels},
-                                   name="encoder")
+        self.encoder = keras.Model(
+            backbone.input, {k: backbone.output[k] for k in levels}, name="encoder"
+        )
         if config.parts:
             p = config.parts
             self.fpn = FeaturePyramid(channels=p.fpn_channels, name="fpn")
-            self.tracker = PartTracker(stride=self.stride, template_size=p.template_size,
-                                       search_size=p.search_size, use_offsets=False,
-                                       name="tracker", dtype="float32")
-            self.mask_head = PartMaskHead(channels=p.head_channels, name="mask_head",
-                                          dtype="float32")
+            self.tracker = PartTracker(
+                stride=self.stride,
+                template_size=p.template_size,
+                search_size=p.search_size,
+                use_offsets=False,
+                name="tracker",
+                dtype="float32",
+            )
+            self.mask_head = PartMaskHead(
+                channels=p.head_channels, name="mask_head", dtype="float32"
+            )
             self._build_part_path()
         self.built = True  # every layer above is built: weights can be saved and loaded
 
@@ -106,19 +116,40 @@ class VosNetwork(keras.Model):
         frame = np.zeros((64, 64, 3), np.uint8)
         probs = np.zeros((64, 64, 2), np.float32)
         probs[..., 0], probs[16:48, 16:48] = 1.0, (0.0, 1.0)
-        part = {"part_boxes": np.array([[16, 16, 48, 48]], np.float32),
-                "part_object": np.zeros(1, np.int32), "part_valid": np.ones(1, bool)}
+        part = {
+            "part_boxes": np.array([[16, 16, 48, 48]], np.float32),
+            "part_object": np.zeros(1, np.int32),
+            "part_valid": np.ones(1, bool),
+        }
         ref = self.encode_reference(frame, probs, (64, 64), (64, 64), part)
         memory = {}
         for group in ("reference", "recent"):
-            memory.update({f"{group}_keys": ref["key"][None], f"{group}_probs": ref["grid"][None],
-                           f"{group}_valid": np.ones(1, bool)})
-        self.step(frame, memory, (64, 64), (64, 64),
-                  {**part, **{k: ref[k] for k in ("templates", "ref_p4", "ref_mask")},
-                   "prev_probs": ref["prev_probs"]})
+            memory.update(
+                {
+                    f"{group}_keys": ref["key"][None],
+                    f"{group}_probs": ref["grid"][None],
+                    f"{group}_valid": np.ones(1, bool),
+                }
+            )
+        self.step(
+            frame,
+            memory,
+            (64, 64),
+            (64, 64),
+            {
+                **part,
+                **{k: ref[k] for k in ("templates", "ref_p4", "ref_mask")},
+                "prev_probs": ref["prev_probs"],
+            },
+        )
         if not self.config.parts.track:  # unused, but the weights file keeps it: one file
-            self.tracker.track(ref["key"][None], ref["templates"], part["part_boxes"],
-                               np.zeros(1, np.int32), part["part_valid"])
+            self.tracker.track(
+                ref["key"][None],
+                ref["templates"],
+                part["part_boxes"],
+                np.zeros(1, np.int32),
+                part["part_valid"],
+            )
 
     # ---------------------------------------------------------------- frames and masks
     def prepare_frames(self, frames: Any, work_hw: tuple, pad_hw: tuple) -> Any:
@@ -135,8 +166,11 @@ class VosNetwork(keras.Model):
         levels = self.encoder(self.prepare_frames(frames, work_hw, pad_hw))
         # Under a mixed policy the backbone and FPN compute in bfloat16; matching, the heads
         # and the losses take float32 (a no-op cast otherwise).
-        out = {"key": l2_normalize(ops.cast(levels[self.config.matching.level], "float32"),
-                                   KEY_EPSILON)}
+        out = {
+            "key": l2_normalize(
+                ops.cast(levels[self.config.matching.level], "float32"), KEY_EPSILON
+            )
+        }
         if self.config.parts:
             pyramid = self.fpn({k: levels[k] for k in ("C2", "C3", "C4", "C5")})
             out.update({k: ops.cast(v, "float32") for k, v in pyramid.items()})
@@ -145,7 +179,7 @@ class VosNetwork(keras.Model):
     @staticmethod
     def frame_features(features: dict[str, Any], index: int) -> dict[str, Any]:
         """Frame ``index`` of :meth:`batch_features`, as :meth:`features` gives it."""
-        return {k: v[index] if k == "key" else v[index:index + 1] for k, v in features.items()}
+        return {k: v[index] if k == "key" else v[index : index + 1] for k, v in features.items()}
 
     def features(self, frame: Any, work_hw: tuple, pad_hw: tuple) -> dict[str, Any]:
         """uint8 frame (H, W, 3) -> ``{"key": (h, w, C) L2-normalised matching key}``, plus the
@@ -156,14 +190,16 @@ class VosNetwork(keras.Model):
         """uint8 frame -> (h, w, C) L2-normalised matching key."""
         return self.features(frame, work_hw, pad_hw)["key"]
 
-    def encode_mask(self, probs: Any, work_hw: tuple, pad_hw: tuple, stride: int | None = None
-                    ) -> Any:
+    def encode_mask(
+        self, probs: Any, work_hw: tuple, pad_hw: tuple, stride: int | None = None
+    ) -> Any:
         """(H, W, K+1) object probabilities -> (H/s, W/s, K+1) on the stride-``s`` grid of the
         padded frame (area average of each cell's footprint, centred on the cell)."""
         s = stride or self.stride
         x = resize(ops.expand_dims(probs, 0), work_hw, antialias=True)
-        x = _edge_pad_bottom_right(x, pad_hw[0] - work_hw[0] + s // 2,
-                                   pad_hw[1] - work_hw[1] + s // 2)[:, s // 2:, s // 2:]
+        x = _edge_pad_bottom_right(
+            x, pad_hw[0] - work_hw[0] + s // 2, pad_hw[1] - work_hw[1] + s // 2
+        )[:, s // 2 :, s // 2 :]
         return ops.average_pool(x, pool_size=s, strides=s, padding="valid")[0]
 
     def grid_to_frame(self, grid: Any, frame_hw: tuple, work_hw: tuple) -> Any:
@@ -178,9 +214,15 @@ class VosNetwork(keras.Model):
         return resize(x, frame_hw)[0]
 
     # ------------------------------------------------------------- the two graph functions
-    def encode_reference(self, frame: Any, probs: Any, work_hw: tuple, pad_hw: tuple,
-                         parts: dict[str, Any] | None = None,
-                         features: dict[str, Any] | None = None) -> dict[str, Any]:
+    def encode_reference(
+        self,
+        frame: Any,
+        probs: Any,
+        work_hw: tuple,
+        pad_hw: tuple,
+        parts: dict[str, Any] | None = None,
+        features: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """An annotated (or otherwise known) frame and its object probabilities (H, W, K+1) ->
         ``{"key": (h, w, C), "grid": (h, w, K+1)}``: its entry in the memory.
 
@@ -200,14 +242,30 @@ class VosNetwork(keras.Model):
         zeros = ops.zeros_like(objects)
         fine = self.encode_mask(probs, work_hw, pad_hw, stride=4)[..., 1:]
         result["templates"] = self.tracker.crop_templates(out["key"][None], boxes, zeros)
-        result.update(crop_reference(out, mask_windows(boxes), zeros, objects, fine[None],
-                                     crop_size=self.config.parts.head_crop, mask_stride=4))
+        result.update(
+            crop_reference(
+                out,
+                mask_windows(boxes),
+                zeros,
+                objects,
+                fine[None],
+                crop_size=self.config.parts.head_crop,
+                mask_stride=4,
+            )
+        )
         result["prev_probs"] = fine
         return result
 
-    def step(self, frame: Any, memory: dict[str, Any], work_hw: tuple, pad_hw: tuple,
-             parts: dict[str, Any] | None = None, internals: bool = False,
-             features: dict[str, Any] | None = None) -> dict[str, Any]:
+    def step(
+        self,
+        frame: Any,
+        memory: dict[str, Any],
+        work_hw: tuple,
+        pad_hw: tuple,
+        parts: dict[str, Any] | None = None,
+        internals: bool = False,
+        features: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """The next frame against the memory -> ``{"index": (H, W) int32 label index into
         [background, objects...], "probs": (H, W, K+1) the probabilities it is the argmax of,
         "grid": (h, w, K+1), "key": (h, w, C)}``; grid and key are the frame's entry in the
@@ -232,15 +290,28 @@ class VosNetwork(keras.Model):
         """
         m = self.config.matching
         out = features if features is not None else self.features(frame, work_hw, pad_hw)
-        grid = propagate_labels(out["key"], memory["reference_keys"], memory["reference_probs"],
-                                memory["reference_valid"], memory["recent_keys"],
-                                memory["recent_probs"], memory["recent_valid"],
-                                m.local_radius, m.top_k, m.temperature, m.reference_share)
+        grid = propagate_labels(
+            out["key"],
+            memory["reference_keys"],
+            memory["reference_probs"],
+            memory["reference_valid"],
+            memory["recent_keys"],
+            memory["recent_probs"],
+            memory["recent_valid"],
+            m.local_radius,
+            m.top_k,
+            m.temperature,
+            m.reference_share,
+        )
         frame_hw = tuple(ops.shape(frame)[:2])
         if not self.config.parts:
             probs = self.grid_to_frame(grid, frame_hw, work_hw)
-            result = {"index": ops.cast(ops.argmax(probs, axis=-1), "int32"), "grid": grid,
-                      "key": out["key"], "probs": probs}
+            result = {
+                "index": ops.cast(ops.argmax(probs, axis=-1), "int32"),
+                "grid": grid,
+                "key": out["key"],
+                "probs": probs,
+            }
             if internals:
                 result["logits"] = ops.log(ops.maximum(grid, 1e-7))
             return result
@@ -249,38 +320,73 @@ class VosNetwork(keras.Model):
         objects = ops.cast(parts["part_object"], "int32")
         zeros = ops.zeros_like(objects)
         if self.config.parts.track:
-            tracked = self.tracker.track(out["key"][None], parts["templates"],
-                                         parts["part_boxes"], zeros, parts["part_valid"])
+            tracked = self.tracker.track(
+                out["key"][None],
+                parts["templates"],
+                parts["part_boxes"],
+                zeros,
+                parts["part_valid"],
+            )
         elif internals:
-            raise ValueError("parts.track=False is an inference setting: the tracking loss "
-                             "needs the tracker")
+            raise ValueError(
+                "parts.track=False is an inference setting: the tracking loss needs the tracker"
+            )
         else:
-            tracked = {"boxes": ops.cast(parts["part_boxes"], "float32"),
-                       "scores": ops.cast(parts["part_valid"], "float32")}
+            tracked = {
+                "boxes": ops.cast(parts["part_boxes"], "float32"),
+                "scores": ops.cast(parts["part_valid"], "float32"),
+            }
         windows = mask_windows(tracked["boxes"])
         head_inputs = crop_part_inputs(
-            out, windows, zeros, objects, parts["prev_probs"][None], grid[None, ..., 1:],
+            out,
+            windows,
+            zeros,
+            objects,
+            parts["prev_probs"][None],
+            grid[None, ..., 1:],
             {"ref_p4": parts["ref_p4"], "ref_mask": parts["ref_mask"]},
-            crop_size=self.config.parts.head_crop, prev_stride=4, prior_stride=self.stride)
+            crop_size=self.config.parts.head_crop,
+            prev_stride=4,
+            prior_stride=self.stride,
+        )
         logits = self.mask_head(head_inputs)
         num_objects = ops.shape(parts["prev_probs"])[-1]
-        pasted, coverage = paste_parts(logits, windows, objects, parts["part_valid"],
-                                       tracked["scores"], num_objects, fine_hw, stride=4)
+        pasted, coverage = paste_parts(
+            logits,
+            windows,
+            objects,
+            parts["part_valid"],
+            tracked["scores"],
+            num_objects,
+            fine_hw,
+            stride=4,
+        )
         prior = resize_aligned(grid[None], fine_hw, self.stride / 4)[0]
-        objects_probs = combine_with_prior(ops.transpose(pasted, (1, 2, 0)),
-                                           ops.transpose(coverage, (1, 2, 0)), prior[..., 1:])
+        objects_probs = combine_with_prior(
+            ops.transpose(pasted, (1, 2, 0)), ops.transpose(coverage, (1, 2, 0)), prior[..., 1:]
+        )
         probs = soft_aggregate(objects_probs, axis=-1)  # (H/4, W/4, K+1)
         full = resize_aligned(probs[None], pad_hw, 4)[:, : work_hw[0], : work_hw[1]]
         frame_probs = resize(full, frame_hw)[0]
         index = ops.argmax(frame_probs, axis=-1)
-        result = {"index": ops.cast(index, "int32"), "probs": frame_probs,
-                  "grid": self._pool_to_grid(probs),
-                  "key": out["key"], "part_boxes": tracked["boxes"],
-                  "part_scores": tracked["scores"], "prev_probs": objects_probs}
+        result = {
+            "index": ops.cast(index, "int32"),
+            "probs": frame_probs,
+            "grid": self._pool_to_grid(probs),
+            "key": out["key"],
+            "part_boxes": tracked["boxes"],
+            "part_scores": tracked["scores"],
+            "prev_probs": objects_probs,
+        }
         if internals:
-            result.update(logits=soft_aggregate_logits(objects_probs, axis=-1),
-                          part_logits=logits, windows=windows, response=tracked["response"],
-                          offsets=tracked["offsets"], search_windows=tracked["windows"])
+            result.update(
+                logits=soft_aggregate_logits(objects_probs, axis=-1),
+                part_logits=logits,
+                windows=windows,
+                response=tracked["response"],
+                offsets=tracked["offsets"],
+                search_windows=tracked["windows"],
+            )
         return result
 
     def _pool_to_grid(self, probs: Any) -> Any:
@@ -289,11 +395,16 @@ class VosNetwork(keras.Model):
         ratio = self.stride // 4
         taps = [0.5] + [1.0] * (ratio - 1) + [0.5]
         kernel = ops.convert_to_tensor(
-            [[a * b / ratio ** 2 for b in taps] for a in taps], dtype="float32")
+            [[a * b / ratio**2 for b in taps] for a in taps], dtype="float32"
+        )
         channels_first = ops.expand_dims(ops.transpose(probs, (2, 0, 1)), -1)  # (K+1, H, W, 1)
         padded = ops.pad(channels_first, [[0, 0], [0, 2], [0, 2], [0, 0]], mode="constant")
-        pooled = ops.conv(padded[:, 1:, 1:], ops.reshape(kernel, (ratio + 1, ratio + 1, 1, 1)),
-                          strides=ratio, padding="valid")
+        pooled = ops.conv(
+            padded[:, 1:, 1:],
+            ops.reshape(kernel, (ratio + 1, ratio + 1, 1, 1)),
+            strides=ratio,
+            padding="valid",
+        )
         return ops.transpose(pooled[..., 0], (1, 2, 0))
 
 

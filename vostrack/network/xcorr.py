@@ -20,16 +20,18 @@ def depthwise_xcorr(search: Any, template: Any) -> Any:
     ``out[n, i, j, c] = sum_{u,v} search[n, i+u, j+v, c] * template[n, u, v, c]`` ("valid")."""
     channels = search.shape[-1]
     if channels is None or template.shape[-1] != channels:
-        raise ValueError(f"depthwise_xcorr needs equal static channel counts, got "
-                         f"{search.shape} and {template.shape}")
+        raise ValueError(
+            f"depthwise_xcorr needs equal static channel counts, got "
+            f"{search.shape} and {template.shape}"
+        )
     search_shape = ops.shape(search)
     template_shape = ops.shape(template)
     # (N, H, W, C) -> (1, H, W, N*C): sample n's channel c becomes channel n*C + c.
-    x = ops.reshape(ops.transpose(search, (1, 2, 0, 3)),
-                    (1, search_shape[1], search_shape[2], -1))
+    x = ops.reshape(ops.transpose(search, (1, 2, 0, 3)), (1, search_shape[1], search_shape[2], -1))
     # Depthwise kernels are (kh, kw, in_channels, multiplier).
-    kernel = ops.reshape(ops.transpose(template, (1, 2, 0, 3)),
-                         (template_shape[1], template_shape[2], -1, 1))
+    kernel = ops.reshape(
+        ops.transpose(template, (1, 2, 0, 3)), (template_shape[1], template_shape[2], -1, 1)
+    )
     out = ops.depthwise_conv(x, kernel, strides=1, padding="valid")
     out_shape = ops.shape(out)
     out = ops.reshape(out, (out_shape[1], out_shape[2], -1, channels))

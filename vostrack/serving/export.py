@@ -80,27 +80,36 @@ def serving_functions(network: Any) -> dict[str, Any]:
         p = config.parts
         s = p.head_crop
         part_specs = {
-            "part_boxes": spec([None, 4], tf.float32), "part_object": spec([None], tf.int32),
+            "part_boxes": spec([None, 4], tf.float32),
+            "part_object": spec([None], tf.int32),
             "part_valid": spec([None], tf.bool),
             "templates": spec([None, p.template_size, p.template_size, channels], tf.float32),
             "ref_p4": spec([None, s, s, p.fpn_channels], tf.float32),
             "ref_mask": spec([None, s, s, 1], tf.float32),
-            "prev_probs": spec([None, None, None], tf.float32)}
+            "prev_probs": spec([None, None, None], tf.float32),
+        }
         part_specs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in part_specs.items()}
     reference_parts = {k: part_specs[k] for k in PART_REFERENCE_INPUTS if k in part_specs}
     step_parts = {k: part_specs[k] for k in PART_STEP_INPUTS if k in part_specs}
 
-    @tf.function(input_signature=[frame_spec, spec([None, None, None], tf.float32, name="probs"),
-                                  reference_parts])
+    @tf.function(
+        input_signature=[
+            frame_spec,
+            spec([None, None, None], tf.float32, name="probs"),
+            reference_parts,
+        ]
+    )
     def encode_reference(frame, probs, parts):
         return network.encode_reference(frame, probs, *sizes(frame), parts or None)
 
     memory_specs = {}
     for group in ("reference", "recent"):
-        memory_specs[f"{group}_keys"] = spec([None, None, None, channels], tf.float32,
-                                             name=f"{group}_keys")
-        memory_specs[f"{group}_probs"] = spec([None, None, None, None], tf.float32,
-                                              name=f"{group}_probs")
+        memory_specs[f"{group}_keys"] = spec(
+            [None, None, None, channels], tf.float32, name=f"{group}_keys"
+        )
+        memory_specs[f"{group}_probs"] = spec(
+            [None, None, None, None], tf.float32, name=f"{group}_probs"
+        )
         memory_specs[f"{group}_valid"] = spec([None], tf.bool, name=f"{group}_valid")
 
     @tf.function(input_signature=[frame_spec, memory_specs, step_parts])
@@ -142,16 +151,17 @@ def dedupe_constants(graph_def: Any) -> Any:
     constants with the same dtype, shape and bytes are merged."""
     import hashlib
 
-    import tensorflow as tf
-
     keep: dict[tuple, str] = {}
     rename: dict[str, str] = {}
     nodes = []
     for node in graph_def.node:
         if node.op == "Const" and node.attr["value"].tensor.tensor_content:
             tensor = node.attr["value"].tensor
-            key = (tensor.dtype, tuple(d.size for d in tensor.tensor_shape.dim),
-                   hashlib.sha1(tensor.tensor_content).hexdigest())
+            key = (
+                tensor.dtype,
+                tuple(d.size for d in tensor.tensor_shape.dim),
+                hashlib.sha1(tensor.tensor_content).hexdigest(),
+            )
             if key in keep:
                 rename[node.name] = keep[key]
                 continue
@@ -165,7 +175,9 @@ def dedupe_constants(graph_def: Any) -> Any:
             control = name.startswith("^")
             base, _, port = name.lstrip("^").partition(":")
             if base in rename:
-                copy.input[i] = ("^" if control else "") + rename[base] + (f":{port}" if port else "")
+                copy.input[i] = (
+                    ("^" if control else "") + rename[base] + (f":{port}" if port else "")
+                )
     return out
 
 
@@ -233,9 +245,13 @@ def float32_constants(graph_def: Any) -> Any:
     would re-lay out every conv filter each time: a quarter slower per frame."""
     import tensorflow as tf
 
-    halves = {node.name: node for node in graph_def.node
-              if node.op == "Const" and node.attr["dtype"].type == tf.float16.as_datatype_enum
-              and node.name.endswith("/float16")}
+    halves = {
+        node.name: node
+        for node in graph_def.node
+        if node.op == "Const"
+        and node.attr["dtype"].type == tf.float16.as_datatype_enum
+        and node.name.endswith("/float16")
+    }
     out = _empty_like(graph_def)
     for node in graph_def.node:
         if node.name in halves:
@@ -281,8 +297,9 @@ def _calling(pruned: Any, like: Any) -> Any:
     return run
 
 
-def saved_model_from_graph(graph_def: Any, tensors: dict, functions: dict[str, Any],
-                           path: Path) -> None:
+def saved_model_from_graph(
+    graph_def: Any, tensors: dict, functions: dict[str, Any], path: Path
+) -> None:
     """A SavedModel whose signatures run the (frozen) graph, with its weight constants turned
     back into variables: the functions share one stored copy of each weight (in its stored
     dtype), and the signatures are those of the serving functions."""
@@ -299,7 +316,8 @@ def saved_model_from_graph(graph_def: Any, tensors: dict, functions: dict[str, A
 
     def import_graph() -> None:
         tf.compat.v1.import_graph_def(
-            graph_def, name="", input_map={f"{k}:0": v.read_value() for k, v in weights.items()})
+            graph_def, name="", input_map={f"{k}:0": v.read_value() for k, v in weights.items()}
+        )
 
     graph = tf.compat.v1.wrap_function(import_graph, [])
     signatures = {}
@@ -308,14 +326,21 @@ def saved_model_from_graph(graph_def: Any, tensors: dict, functions: dict[str, A
         specs = tf.nest.flatten(function.input_signature)
         feeds = [names["inputs"][spec.name] for spec in specs]
         pruned = graph.prune(feeds=feeds, fetches=dict(names["outputs"]))
-        signatures[fn_name] = tf.function(_calling(pruned, function.python_function),
-                                          input_signature=function.input_signature)
+        signatures[fn_name] = tf.function(
+            _calling(pruned, function.python_function), input_signature=function.input_signature
+        )
         setattr(module, fn_name, signatures[fn_name])
     tf.saved_model.save(module, str(path), signatures=signatures)
 
 
-def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool = False,
-                 saved_model: bool = True, weights_dtype: str = "float16") -> Path:
+def export_model(
+    network: Any,
+    out_dir: str | Path,
+    name: str,
+    overwrite: bool = False,
+    saved_model: bool = True,
+    weights_dtype: str = "float16",
+) -> Path:
     """Write the model folder ``out_dir`` (frozen graph, SavedModel, Keras weights, manifest).
 
     Written into a temporary folder beside ``out_dir`` and renamed into place, so a model folder
@@ -324,8 +349,9 @@ def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool =
     import keras
 
     if weights_dtype not in WEIGHT_DTYPES:
-        raise VostrackError(f"unknown weights dtype {weights_dtype!r} "
-                            f"(choose from {', '.join(WEIGHT_DTYPES)})")
+        raise VostrackError(
+            f"unknown weights dtype {weights_dtype!r} (choose from {', '.join(WEIGHT_DTYPES)})"
+        )
     if keras.backend.backend() != "tensorflow":
         raise VostrackError("export needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
     out_dir = Path(out_dir)
@@ -346,24 +372,30 @@ def export_model(network: Any, out_dir: str | Path, name: str, overwrite: bool =
             saved_model_from_graph(graph_def, tensors, functions, tmp / SAVED_MODEL)
             files["saved_model"] = SAVED_MODEL
         config = network.config
-        write_json(tmp / "manifest.json", {
-            "format": FORMAT,
-            "name": name,
-            "version": vostrack.__version__,
-            "backbone": config.backbone,
-            "config": config.to_dict(),
-            "preprocessing": {
-                "input": "uint8 RGB frame (H, W, 3), any size",
-                "resize": f"short side to {config.working_short_side} px (bilinear, antialiased)"
-                          if config.working_short_side else "none",
-                "pad": f"edge values, bottom/right, to a multiple of {config.pad_multiple}",
-                "normalisation": "backbone's own, inside the graph",
+        write_json(
+            tmp / "manifest.json",
+            {
+                "format": FORMAT,
+                "name": name,
+                "version": vostrack.__version__,
+                "backbone": config.backbone,
+                "config": config.to_dict(),
+                "preprocessing": {
+                    "input": "uint8 RGB frame (H, W, 3), any size",
+                    "resize": (
+                        f"short side to {config.working_short_side} px (bilinear, antialiased)"
+                        if config.working_short_side
+                        else "none"
+                    ),
+                    "pad": f"edge values, bottom/right, to a multiple of {config.pad_multiple}",
+                    "normalisation": "backbone's own, inside the graph",
+                },
+                "files": files,
+                "weights_dtype": weights_dtype,
+                "tensors": tensors,
+                "signatures": {fn: sorted(names) for fn, names in tensors.items()},
             },
-            "files": files,
-            "weights_dtype": weights_dtype,
-            "tensors": tensors,
-            "signatures": {fn: sorted(names) for fn, names in tensors.items()},
-        })
+        )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

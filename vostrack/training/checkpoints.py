@@ -85,8 +85,10 @@ def _unique(keys: list[str], what: str) -> list[str]:
     seen: set[str] = set()
     for key in keys:
         if key in seen:
-            raise VostrackError(f"two variables of the {what} share the key {key}: a checkpoint "
-                                "could not tell them apart")
+            raise VostrackError(
+                f"two variables of the {what} share the key {key}: a checkpoint "
+                "could not tell them apart"
+            )
         seen.add(key)
     return keys
 
@@ -106,9 +108,9 @@ def optimizer_keys(role: str, optimizer: Any, variables: Sequence[Any]) -> list[
         name = slot.name
         key = f"{role}/{name}"
         for cut in (i for i in range(len(name) - 1, 0, -1) if name[i] == "_"):
-            owner = owners.get(name[:cut + 1])
+            owner = owners.get(name[: cut + 1])
             if owner is not None:
-                key = f"{role}/{owner}/{name[cut + 1:]}"
+                key = f"{role}/{owner}/{name[cut + 1 :]}"
                 break
         keys.append(key)
     return _unique(keys, "optimizers")
@@ -118,11 +120,15 @@ def network_arrays(network: Any) -> dict[str, np.ndarray]:
     return {k: np.asarray(v.numpy()) for k, v in zip(network_keys(network), network.variables)}
 
 
-def optimizer_arrays(optimizers: Mapping[str, Any], variables: Sequence[Any]
-                     ) -> dict[str, np.ndarray]:
+def optimizer_arrays(
+    optimizers: Mapping[str, Any], variables: Sequence[Any]
+) -> dict[str, np.ndarray]:
     """The variables of ``optimizers`` (role -> optimizer, built on some of ``variables``)."""
-    return {k: np.asarray(v.numpy()) for role, optimizer in optimizers.items()
-            for k, v in zip(optimizer_keys(role, optimizer, variables), optimizer.variables)}
+    return {
+        k: np.asarray(v.numpy())
+        for role, optimizer in optimizers.items()
+        for k, v in zip(optimizer_keys(role, optimizer, variables), optimizer.variables)
+    }
 
 
 # ---------------------------------------------------------------------------------- restore
@@ -144,8 +150,12 @@ def _matches(key: str, prefixes: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
-def restore_variables(variables: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                      where: Path | str, only: Sequence[str] | None = None) -> Restored:
+def restore_variables(
+    variables: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    where: Path | str,
+    only: Sequence[str] | None = None,
+) -> Restored:
     """Assign ``arrays`` to ``variables`` (both by key). All of them, each array to its variable
     (a missing, an unexpected or a misshapen array is a one-line :class:`VostrackError`), or with
     ``only`` the variables whose key is one of those or lies under one (``"fpn"`` takes
@@ -157,8 +167,10 @@ def restore_variables(variables: Mapping[str, Any], arrays: Mapping[str, np.ndar
         wanted = list(variables)
         unexpected = [k for k in arrays if k not in variables]
         if unexpected:
-            raise VostrackError(f"checkpoint {where} holds {_some(unexpected)}, which the model "
-                                "does not have: it was made with another config")
+            raise VostrackError(
+                f"checkpoint {where} holds {_some(unexpected)}, which the model "
+                "does not have: it was made with another config"
+            )
     else:
         wanted = [k for k in variables if _matches(k, only)]
         idle = [p for p in only if not any(_matches(k, [p]) for k in variables)]
@@ -168,26 +180,32 @@ def restore_variables(variables: Mapping[str, Any], arrays: Mapping[str, np.ndar
         report.kept = [k for k in variables if k not in wanted]
     missing = [k for k in wanted if k not in arrays]
     if missing:
-        raise VostrackError(f"checkpoint {where} has no {_some(missing)}: it was made with "
-                            "another config")
+        raise VostrackError(
+            f"checkpoint {where} has no {_some(missing)}: it was made with another config"
+        )
     for key in wanted:  # every shape first: a misfit assigns nothing
         if tuple(variables[key].shape) != arrays[key].shape:
-            raise VostrackError(f"checkpoint {where} does not fit the model ({key}: "
-                                f"{arrays[key].shape} vs {tuple(variables[key].shape)})")
+            raise VostrackError(
+                f"checkpoint {where} does not fit the model ({key}: "
+                f"{arrays[key].shape} vs {tuple(variables[key].shape)})"
+            )
     for key in wanted:
         variables[key].assign(arrays[key])
     report.assigned = wanted
     return report
 
 
-def _by_position(keys: list[str], arrays: list[np.ndarray], where: Path | str
-                 ) -> dict[str, np.ndarray]:
+def _by_position(
+    keys: list[str], arrays: list[np.ndarray], where: Path | str
+) -> dict[str, np.ndarray]:
     """An old checkpoint's arrays keyed by the variables they were saved from: the same config
     builds the same variables in the same order, which is all an old checkpoint can be checked
     against (as it always was: the count here, the shapes when assigned)."""
     if len(keys) != len(arrays):
-        raise VostrackError(f"checkpoint {where} holds {len(arrays)} arrays, the model has "
-                            f"{len(keys)}: it was made with another config")
+        raise VostrackError(
+            f"checkpoint {where} holds {len(arrays)} arrays, the model has "
+            f"{len(keys)}: it was made with another config"
+        )
     log.info("%s: an old checkpoint, its arrays taken in variable order", where)
     return dict(zip(keys, arrays))
 
@@ -197,33 +215,47 @@ def backbone_paths(network: Any) -> list[str]:
     return [v.path for v in network.encoder.variables]
 
 
-def restore_network(network: Any, checkpoint: Path, only: Sequence[str] | None = None
-                    ) -> Restored:
+def restore_network(network: Any, checkpoint: Path, only: Sequence[str] | None = None) -> Restored:
     """The network's variables from ``checkpoint`` (a checkpoint folder, or any folder of
     ``network-*.npz`` shards), all of them or those under ``only`` (path prefixes;
     :data:`~vostrack.training.config.BACKBONE` stands for the backbone's variables)."""
     if only is not None:
-        only = [p for name in only for p in (backbone_paths(network) if name == BACKBONE
-                                             else [name])]
+        only = [
+            p for name in only for p in (backbone_paths(network) if name == BACKBONE else [name])
+        ]
     variables = dict(zip(network_keys(network), network.variables))
     report = restore_variables(variables, load_arrays(checkpoint, NETWORK), checkpoint, only)
     if report.kept:
-        log.info("%s: restored %d variables, kept %d as built, skipped %d of the checkpoint's",
-                 checkpoint, len(report.assigned), len(report.kept), len(report.skipped))
+        log.info(
+            "%s: restored %d variables, kept %d as built, skipped %d of the checkpoint's",
+            checkpoint,
+            len(report.assigned),
+            len(report.kept),
+            len(report.skipped),
+        )
     return report
 
 
-def restore_optimizers(optimizers: Mapping[str, Any], variables: Sequence[Any],
-                       checkpoint: Path) -> Restored:
+def restore_optimizers(
+    optimizers: Mapping[str, Any], variables: Sequence[Any], checkpoint: Path
+) -> Restored:
     """The variables of ``optimizers`` (role -> optimizer, as :func:`optimizer_arrays`)."""
-    keyed = {k: v for role, optimizer in optimizers.items()
-             for k, v in zip(optimizer_keys(role, optimizer, variables), optimizer.variables)}
+    keyed = {
+        k: v
+        for role, optimizer in optimizers.items()
+        for k, v in zip(optimizer_keys(role, optimizer, variables), optimizer.variables)
+    }
     return restore_variables(keyed, load_arrays(checkpoint, OPTIMIZERS), checkpoint)
 
 
 # --------------------------------------------------------------------------------- folders
-def write_checkpoint(folder: Path, step: int, network: Mapping[str, np.ndarray],
-                     optimizers: Mapping[str, np.ndarray], state: dict) -> Path:
+def write_checkpoint(
+    folder: Path,
+    step: int,
+    network: Mapping[str, np.ndarray],
+    optimizers: Mapping[str, np.ndarray],
+    state: dict,
+) -> Path:
     """Write ``folder/step_NNNNNNN`` atomically and point ``folder/latest`` at it."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:07d}"
@@ -271,7 +303,7 @@ def checkpoint_config(path: Path) -> tuple[Path, TrainConfig]:
     return path, TrainConfig.from_dict(read_state(path)["config"])
 
 
-def checkpoint_network(path: Path, model: "ModelConfig | None" = None) -> Any:
+def checkpoint_network(path: Path, model: ModelConfig | None = None) -> Any:
     """The network of a checkpoint (or of a run folder's latest one), for export: built with
     ``model`` (the config it was trained with, with other inference settings: they do not change
     the weights) or the trained config itself, every variable restored by its path."""

@@ -71,8 +71,9 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(
-        name="vostrack-parts", parts=PartsModelConfig()))
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="vostrack-parts", parts=PartsModelConfig())
+    )
     data: tuple[DataSpec, ...] = (DataSpec("procedural"),)
     exclude: tuple[str, ...] = ()  # sequence names never to train on (e.g. DAVIS val)
     size: int = 384
@@ -117,35 +118,54 @@ class TrainConfig:
         backbone = self.model.backbone
         checks = [
             (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
-            (0 <= self.warmup_steps <= self.steps,
-             f"warmup_steps ({self.warmup_steps}) must lie in 0..steps ({self.steps})"),
+            (
+                0 <= self.warmup_steps <= self.steps,
+                f"warmup_steps ({self.warmup_steps}) must lie in 0..steps ({self.steps})",
+            ),
             (self.freeze_steps >= 0, "freeze_steps must be >= 0"),
-            (self.checkpoint_every >= 1 and self.log_every >= 1 and self.val_every >= 1,
-             "checkpoint_every, log_every and val_every must be >= 1"),
-            (self.batch_size >= 1 and self.max_objects >= 1 and self.num_frames >= 3,
-             "batch_size and max_objects must be >= 1, num_frames >= 3"),
+            (
+                self.checkpoint_every >= 1 and self.log_every >= 1 and self.val_every >= 1,
+                "checkpoint_every, log_every and val_every must be >= 1",
+            ),
+            (
+                self.batch_size >= 1 and self.max_objects >= 1 and self.num_frames >= 3,
+                "batch_size and max_objects must be >= 1, num_frames >= 3",
+            ),
             (self.size >= 64, f"size must be at least 64 pixels, got {self.size}"),
             (0 < self.floor_lr <= self.peak_lr, "need 0 < floor_lr <= peak_lr"),
             (self.bootstrap[0] <= self.bootstrap[1], "bootstrap: start must not exceed end"),
             (bool(self.data), "no training data"),
             (self.workers >= 0 and self.devices >= 0, "workers and devices must be >= 0"),
-            (self.precision in PRECISIONS,
-             f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
-            (not self.model.parts or self.model.parts.track,
-             "parts.track false is an inference setting (the tracking loss needs the tracker): "
-             "train with it and export with --no-part-tracker"),
-            (not self.init_only or self.init is not None,
-             "init_only picks variables of init: give init (a checkpoint folder) too"),
-            (self.backbone_weights is None or backbone in WEIGHT_FILE_BACKBONES,
-             f"backbone_weights: the {backbone} backbone takes no weights file (those that "
-             f"do: {', '.join(WEIGHT_FILE_BACKBONES)})"),
-            (self.backbone_weights is None or self.init is None or bool(self.init_only),
-             "backbone_weights and init both give the backbone its weights: give one, or "
-             "init_only to take only some variables from init"),
-            (backbone not in WEIGHT_FILE_BACKBONES or self.backbone_weights is not None
-             or self.init is not None,
-             f"the {backbone} backbone has no ImageNet weights here: give backbone_weights "
-             "(--backbone-weights FILE, written by vostrack import-backbone) or init"),
+            (
+                self.precision in PRECISIONS,
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+            ),
+            (
+                not self.model.parts or self.model.parts.track,
+                "parts.track false is an inference setting (the tracking loss needs the tracker): "
+                "train with it and export with --no-part-tracker",
+            ),
+            (
+                not self.init_only or self.init is not None,
+                "init_only picks variables of init: give init (a checkpoint folder) too",
+            ),
+            (
+                self.backbone_weights is None or backbone in WEIGHT_FILE_BACKBONES,
+                f"backbone_weights: the {backbone} backbone takes no weights file (those that "
+                f"do: {', '.join(WEIGHT_FILE_BACKBONES)})",
+            ),
+            (
+                self.backbone_weights is None or self.init is None or bool(self.init_only),
+                "backbone_weights and init both give the backbone its weights: give one, or "
+                "init_only to take only some variables from init",
+            ),
+            (
+                backbone not in WEIGHT_FILE_BACKBONES
+                or self.backbone_weights is not None
+                or self.init is not None,
+                f"the {backbone} backbone has no ImageNet weights here: give backbone_weights "
+                "(--backbone-weights FILE, written by vostrack import-backbone) or init",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -161,8 +181,9 @@ class TrainConfig:
         if "model" in data:
             data["model"] = ModelConfig.from_dict(data["model"])
         if "data" in data:
-            data["data"] = tuple(DataSpec(**d) if isinstance(d, dict) else DataSpec(str(d))
-                                 for d in data["data"])
+            data["data"] = tuple(
+                DataSpec(**d) if isinstance(d, dict) else DataSpec(str(d)) for d in data["data"]
+            )
         if isinstance(data.get("init_only"), str):  # one prefix, not its letters
             data["init_only"] = [data["init_only"]]
         for key in ("exclude", "val_sequences", "max_gap", "bootstrap", "init_only"):
@@ -185,8 +206,9 @@ def _section(cls: type, data: Any, where: str) -> Any:
     """The dataclass ``cls`` of a config section from its mapping: nested dataclasses too, lists
     as the tuples the fields hold, unknown keys and bad values refused in one line."""
     if not isinstance(data, dict):
-        raise VostrackError(f"training config: {where} must be a mapping of options, not "
-                            f"{type(data).__name__}")
+        raise VostrackError(
+            f"training config: {where} must be a mapping of options, not {type(data).__name__}"
+        )
     _refuse_unknown(cls, data, f"{where}.")
     hints = typing.get_type_hints(cls)
     values = {key: _value(hints[key], value, f"{where}.{key}") for key, value in data.items()}

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +32,10 @@ class Replicas:
         names = self._devices(devices)
         self.count = len(names)
         if batch_size % self.count:
-            raise VostrackError(f"batch_size {batch_size} does not split over {self.count} "
-                                "devices: make it a multiple")
+            raise VostrackError(
+                f"batch_size {batch_size} does not split over {self.count} "
+                "devices: make it a multiple"
+            )
         self.strategy: Any = None
         self.distribution: Any = None
         if self.count > 1:
@@ -64,8 +67,9 @@ class Replicas:
         if wanted == 0:
             return found if found and ("GPU" in found[0].upper()) else found[:1]
         if wanted > len(found):
-            raise VostrackError(f"devices: {wanted} asked for, {len(found)} found "
-                                f"({', '.join(found)})")
+            raise VostrackError(
+                f"devices: {wanted} asked for, {len(found)} found ({', '.join(found)})"
+            )
         return found[:wanted]
 
     @contextlib.contextmanager
@@ -84,14 +88,18 @@ class Replicas:
 
             def local(context: Any) -> dict[str, np.ndarray]:
                 i = context.replica_id_in_sync_group
-                return {k: v[i * per:(i + 1) * per] for k, v in batch.items()}
+                return {k: v[i * per : (i + 1) * per] for k, v in batch.items()}
 
             return self.strategy.experimental_distribute_values_from_function(local)
         if self.distribution is not None:
             import keras
 
-            return {k: keras.distribution.distribute_tensor(
-                v, self.distribution.get_data_layout(v.shape)) for k, v in batch.items()}
+            return {
+                k: keras.distribution.distribute_tensor(
+                    v, self.distribution.get_data_layout(v.shape)
+                )
+                for k, v in batch.items()
+            }
         return batch
 
     def run_tf(self, replica_step: Callable[..., Any], batch: Any, *args: Any) -> Any:
@@ -103,4 +111,5 @@ class Replicas:
         import tensorflow as tf
 
         return tf.nest.map_structure(
-            lambda r: self.strategy.experimental_local_results(r)[0], results)
+            lambda r: self.strategy.experimental_local_results(r)[0], results
+        )

@@ -118,9 +118,16 @@ def bootstrapped_mean(losses: Any, valid: Any, ratio: Any = 1.0) -> Any:
 # --------------------------------------------------------------------------- frame masks
 
 
-def mask_loss(logits: Any, labels: Any, object_valid: Any, void: Any = None,
-              bootstrap_ratio: Any = 0.15, dice_weight: float = 0.5, frame_valid: Any = None,
-              return_parts: bool = False) -> Any:
+def mask_loss(
+    logits: Any,
+    labels: Any,
+    object_valid: Any,
+    void: Any = None,
+    bootstrap_ratio: Any = 0.15,
+    dice_weight: float = 0.5,
+    frame_valid: Any = None,
+    return_parts: bool = False,
+) -> Any:
     """Loss of the merged frame mask: bootstrapped cross-entropy + ``dice_weight`` * Dice.
 
     logits: (B, H, W, K + 1) over [background, object 1..K] (e.g.
@@ -159,13 +166,16 @@ def mask_loss(logits: Any, labels: Any, object_valid: Any, void: Any = None,
 
     labels = ops.cast(labels, "int32")
     if void is not None and len(ops.shape(void)) != len(labels.shape):
-        raise ValueError(f"void must be a (B, H, W) mask like labels {labels.shape}, got shape "
-                         f"{ops.shape(void)} (a ratio passed positionally as void?)")
+        raise ValueError(
+            f"void must be a (B, H, W) mask like labels {labels.shape}, got shape "
+            f"{ops.shape(void)} (a ratio passed positionally as void?)"
+        )
     in_range = ops.logical_and(labels >= 0, labels < num_classes)
     safe_labels = ops.where(in_range, labels, 0)
     onehot = ops.one_hot(safe_labels, num_classes, dtype="float32")  # (B, H, W, K + 1)
-    label_class_valid = ops.sum(onehot * ops.cast(class_valid, "float32")[:, None, None, :],
-                                axis=-1) > 0.5
+    label_class_valid = (
+        ops.sum(onehot * ops.cast(class_valid, "float32")[:, None, None, :], axis=-1) > 0.5
+    )
     keep = ops.logical_and(in_range, label_class_valid)
     if void is not None:
         keep = ops.logical_and(keep, ops.logical_not(_as_bool(void)))
@@ -191,8 +201,9 @@ def mask_loss(logits: Any, labels: Any, object_valid: Any, void: Any = None,
     counted = object_valid
     if frame_valid is not None:
         counted = ops.logical_and(counted, frame_valid[:, None])
-    dice = _safe_mean(ops.sum(ops.where(counted, dice_per, 0.0)),
-                      ops.sum(ops.cast(counted, "float32")))
+    dice = _safe_mean(
+        ops.sum(ops.where(counted, dice_per, 0.0)), ops.sum(ops.cast(counted, "float32"))
+    )
 
     total = ce + float(dice_weight) * dice
     if return_parts:
@@ -203,8 +214,14 @@ def mask_loss(logits: Any, labels: Any, object_valid: Any, void: Any = None,
 # --------------------------------------------------------------------------- part masks
 
 
-def part_mask_loss(part_logits: Any, part_targets: Any, valid: Any, dice_weight: float = 0.5,
-                   weights: Any = None, return_parts: bool = False) -> Any:
+def part_mask_loss(
+    part_logits: Any,
+    part_targets: Any,
+    valid: Any,
+    dice_weight: float = 0.5,
+    weights: Any = None,
+    return_parts: bool = False,
+) -> Any:
     """Loss of the part masks: per valid part, the mean binary cross-entropy over its crop plus
     ``dice_weight`` * its soft Dice loss; averaged over the valid parts (0 if none).
 
@@ -243,8 +260,10 @@ def part_mask_loss(part_logits: Any, part_targets: Any, valid: Any, dice_weight:
     bce = ops.where(valid, bce / ops.maximum(ops.sum(w, axis=(1, 2)), 1e-6), 0.0)
     p = ops.sigmoid(x) * w
     zw = z * w
-    dice = 1.0 - ((2.0 * ops.sum(p * zw, axis=(1, 2)) + _DICE_SMOOTH)
-                  / (ops.sum(p, axis=(1, 2)) + ops.sum(zw, axis=(1, 2)) + _DICE_SMOOTH))
+    dice = 1.0 - (
+        (2.0 * ops.sum(p * zw, axis=(1, 2)) + _DICE_SMOOTH)
+        / (ops.sum(p, axis=(1, 2)) + ops.sum(zw, axis=(1, 2)) + _DICE_SMOOTH)
+    )
     dice = ops.where(valid, dice, 0.0)
     count = ops.sum(ops.cast(valid, "float32"))
     bce_mean = _safe_mean(ops.sum(bce), count)
@@ -258,9 +277,17 @@ def part_mask_loss(part_logits: Any, part_targets: Any, valid: Any, dice_weight:
 # --------------------------------------------------------------------------- tracking
 
 
-def tracking_targets(windows: Any, target_boxes: Any, response_size: int, template_size: int,
-                     search_size: int, radius: float = 2.0, *, previous_boxes: Any,
-                     valid: Any = None) -> dict[str, Any]:
+def tracking_targets(
+    windows: Any,
+    target_boxes: Any,
+    response_size: int,
+    template_size: int,
+    search_size: int,
+    radius: float = 2.0,
+    *,
+    previous_boxes: Any,
+    valid: Any = None,
+) -> dict[str, Any]:
     """In-graph SiamFC / SiamRPN targets for the tracker's outputs, row by row.
 
     In ``keras.ops``, because the search windows are computed inside the training step from the
@@ -284,8 +311,10 @@ def tracking_targets(windows: Any, target_boxes: Any, response_size: int, templa
     "offsets": (N, R, R, 4) float32 [dy, dx, dlog_h, dlog_w]}``, gradient-free.
     """
     if response_size != search_size - template_size + 1:
-        raise ValueError(f"response_size {response_size} != search_size {search_size} - "
-                         f"template_size {template_size} + 1")
+        raise ValueError(
+            f"response_size {response_size} != search_size {search_size} - "
+            f"template_size {template_size} + 1"
+        )
     r = int(response_size)
     windows = ops.cast(windows, "float32")
     target_boxes = ops.cast(target_boxes, "float32")
@@ -310,28 +339,46 @@ def tracking_targets(windows: Any, target_boxes: Any, response_size: int, templa
     labels = ops.cast(distance <= float(radius), "float32")
     num_pos = ops.sum(labels, axis=(1, 2), keepdims=True)
     num_neg = float(r * r) - num_pos
-    weights = (labels * ops.where(num_pos > 0.0, 0.5 / ops.maximum(num_pos, 1.0), 0.0)
-               + (1.0 - labels) * ops.where(num_neg > 0.0, 0.5 / ops.maximum(num_neg, 1.0), 0.0))
+    weights = labels * ops.where(num_pos > 0.0, 0.5 / ops.maximum(num_pos, 1.0), 0.0) + (
+        1.0 - labels
+    ) * ops.where(num_neg > 0.0, 0.5 / ops.maximum(num_neg, 1.0), 0.0)
     one_class = ops.logical_or(num_pos == 0.0, num_neg == 0.0)
     weights = ops.where(one_class, 2.0 * weights, weights)
 
     dh = ops.log(ops.maximum(th, 1e-6) / ops.maximum(ph, 1e-6))
     dw = ops.log(ops.maximum(tw, 1e-6) / ops.maximum(pw, 1e-6))
     shape = (ops.shape(dy)[0], r, r)
-    offsets = ops.stack([ops.broadcast_to(dy, shape), ops.broadcast_to(dx, shape),
-                         ops.broadcast_to(dh[:, None, None], shape),
-                         ops.broadcast_to(dw[:, None, None], shape)], axis=-1)
+    offsets = ops.stack(
+        [
+            ops.broadcast_to(dy, shape),
+            ops.broadcast_to(dx, shape),
+            ops.broadcast_to(dh[:, None, None], shape),
+            ops.broadcast_to(dw[:, None, None], shape),
+        ],
+        axis=-1,
+    )
     if valid is not None:
         labels = ops.where(valid[:, None, None], labels, 0.0)
         weights = ops.where(valid[:, None, None], weights, 0.0)
         offsets = ops.where(valid[:, None, None, None], offsets, 0.0)
-    return {"labels": ops.stop_gradient(labels), "weights": ops.stop_gradient(weights),
-            "offsets": ops.stop_gradient(offsets)}
+    return {
+        "labels": ops.stop_gradient(labels),
+        "weights": ops.stop_gradient(weights),
+        "offsets": ops.stop_gradient(offsets),
+    }
 
 
-def tracking_loss(response: Any, offsets: Any, labels: Any, label_weights: Any,
-                  offset_targets: Any, valid: Any, offset_weight: float = 1.0,
-                  beta: float = 1.0 / 9.0, return_parts: bool = False) -> Any:
+def tracking_loss(
+    response: Any,
+    offsets: Any,
+    labels: Any,
+    label_weights: Any,
+    offset_targets: Any,
+    valid: Any,
+    offset_weight: float = 1.0,
+    beta: float = 1.0 / 9.0,
+    return_parts: bool = False,
+) -> Any:
     """Part-tracking loss: SiamFC's balanced logistic loss on the response plus SiamRPN's
     smooth-L1 box regression on the positive cells.
 

@@ -25,8 +25,13 @@ from vostrack.training.trainer import Trainer
 log = logging.getLogger(__name__)
 
 
-def open_run(run_dir: Path, config: TrainConfig | None, resume: bool,
-             workers: int | None = None, devices: int | None = None) -> Trainer:
+def open_run(
+    run_dir: Path,
+    config: TrainConfig | None,
+    resume: bool,
+    workers: int | None = None,
+    devices: int | None = None,
+) -> Trainer:
     """A new run in ``run_dir`` (refused if one is there) or the resumed one.
 
     ``workers`` and ``devices`` override the saved config of a resumed run: the batch of a step
@@ -43,10 +48,14 @@ def open_run(run_dir: Path, config: TrainConfig | None, resume: bool,
         config = TrainConfig.from_dict(json.loads(saved.read_text()))
         step = _checkpoint_step(checkpoint)
         if step is not None and step >= config.steps:
-            raise VostrackError(f"nothing to resume in {run_dir}: the run is complete (step "
-                                f"{step} of {config.steps}, saved as {checkpoint})")
-        config = dataclasses.replace(config, **{k: v for k, v in (
-            ("workers", workers), ("devices", devices)) if v is not None})
+            raise VostrackError(
+                f"nothing to resume in {run_dir}: the run is complete (step "
+                f"{step} of {config.steps}, saved as {checkpoint})"
+            )
+        config = dataclasses.replace(
+            config,
+            **{k: v for k, v in (("workers", workers), ("devices", devices)) if v is not None},
+        )
         # The checkpoint replaces every weight: the initial ones (ImageNet, init,
         # backbone_weights) are neither loaded nor needed where the run resumes.
         trainer = Trainer(config, run_dir, initial_weights=False)
@@ -55,8 +64,9 @@ def open_run(run_dir: Path, config: TrainConfig | None, resume: bool,
         log.info("resumed %s at step %d", run_dir, trainer.step)
         return trainer
     if saved.exists():
-        raise VostrackError(f"{run_dir} already holds a run; use --resume to continue it or "
-                            "choose another --out")
+        raise VostrackError(
+            f"{run_dir} already holds a run; use --resume to continue it or choose another --out"
+        )
     trainer = Trainer(config, run_dir)  # before the folder: a refused start leaves none
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(saved, config.to_dict())
@@ -66,8 +76,11 @@ def open_run(run_dir: Path, config: TrainConfig | None, resume: bool,
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop what a stopped run logged after its last checkpoint: the resumed run logs it again."""
     if path.is_file():
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                 if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        lines = [
+            ln
+            for ln in path.read_text(encoding="utf-8").splitlines()
+            if ln.strip() and json.loads(ln).get("step", 0) <= step
+        ]
         with atomic_path(path) as tmp:
             tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
 

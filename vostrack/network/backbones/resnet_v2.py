@@ -42,8 +42,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import keras
 from keras import layers, ops
@@ -114,8 +115,16 @@ class ResNetV2Config:
         for i, (size, strides) in enumerate(zip(self.block_sizes, self.block_strides)):
             filters = self.num_filters * 2**i
             for unit in range(size):
-                blocks.append(BlockConfig(i + 1, unit + 1, in_filters, filters,
-                                          strides if unit == 0 else 1, projection=unit == 0))
+                blocks.append(
+                    BlockConfig(
+                        i + 1,
+                        unit + 1,
+                        in_filters,
+                        filters,
+                        strides if unit == 0 else 1,
+                        projection=unit == 0,
+                    )
+                )
                 in_filters = 4 * filters
         return blocks
 
@@ -130,9 +139,14 @@ CONFIGS: dict[str, ResNetV2Config] = {
 
 
 def _batch_norm(x: Any, name: str, config: ResNetV2Config) -> Any:
-    return layers.BatchNormalization(axis=-1, momentum=config.batch_norm_momentum,
-                                     epsilon=config.batch_norm_epsilon, center=True, scale=True,
-                                     name=name)(x)
+    return layers.BatchNormalization(
+        axis=-1,
+        momentum=config.batch_norm_momentum,
+        epsilon=config.batch_norm_epsilon,
+        center=True,
+        scale=True,
+        name=name,
+    )(x)
 
 
 def _bn_relu(x: Any, name: str, config: ResNetV2Config) -> Any:
@@ -140,8 +154,7 @@ def _bn_relu(x: Any, name: str, config: ResNetV2Config) -> Any:
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def conv2d_fixed_padding(x: Any, filters: int, kernel_size: int, strides: int,
-                         name: str) -> Any:
+def conv2d_fixed_padding(x: Any, filters: int, kernel_size: int, strides: int, name: str) -> Any:
     """The official conv: explicit ``(k-1)//2, k-1-(k-1)//2`` zero padding and "VALID" when
     strided, "SAME" otherwise; no bias. The conv layer is ``name``, its padding ``name_pad``."""
     padding = "same"
@@ -149,11 +162,21 @@ def conv2d_fixed_padding(x: Any, filters: int, kernel_size: int, strides: int,
         pad_total = kernel_size - 1
         pad_beg = pad_total // 2
         pad_end = pad_total - pad_beg
-        x = layers.ZeroPadding2D(((pad_beg, pad_end), (pad_beg, pad_end)),
-                                 data_format="channels_last", name=f"{name}_pad")(x)
+        x = layers.ZeroPadding2D(
+            ((pad_beg, pad_end), (pad_beg, pad_end)),
+            data_format="channels_last",
+            name=f"{name}_pad",
+        )(x)
         padding = "valid"
-    return layers.Conv2D(filters, kernel_size, strides, padding=padding, use_bias=False,
-                         data_format="channels_last", name=name)(x)
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides,
+        padding=padding,
+        use_bias=False,
+        data_format="channels_last",
+        name=name,
+    )(x)
 
 
 def bottleneck_block_v2(x: Any, block: BlockConfig, config: ResNetV2Config) -> tuple[Any, Any]:
@@ -163,8 +186,9 @@ def bottleneck_block_v2(x: Any, block: BlockConfig, config: ResNetV2Config) -> t
     shortcut = x
     preact = _bn_relu(x, f"{name}_preact", config)
     if block.projection:
-        shortcut = conv2d_fixed_padding(preact, block.output_filters, 1, block.strides,
-                                        f"{name}_shortcut_conv")
+        shortcut = conv2d_fixed_padding(
+            preact, block.output_filters, 1, block.strides, f"{name}_shortcut_conv"
+        )
     x = conv2d_fixed_padding(preact, block.filters, 1, 1, f"{name}_conv1")
     x = _bn_relu(x, f"{name}_1", config)
     x = conv2d_fixed_padding(x, block.filters, 3, block.strides, f"{name}_conv2")
@@ -173,9 +197,12 @@ def bottleneck_block_v2(x: Any, block: BlockConfig, config: ResNetV2Config) -> t
     return layers.Add(name=f"{name}_add")([x, shortcut]), preact
 
 
-def build_resnet_v2(config: ResNetV2Config, include_top: bool = False,
-                    input_shape: Sequence[int | None] = (None, None, 3),
-                    name: str | None = None) -> keras.Model:
+def build_resnet_v2(
+    config: ResNetV2Config,
+    include_top: bool = False,
+    input_shape: Sequence[int | None] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """The network of ``config`` with random weights.
 
     Maps a normalised NHWC image batch (see :func:`normalize_images`) to
@@ -183,10 +210,16 @@ def build_resnet_v2(config: ResNetV2Config, include_top: bool = False,
     (1001 classes, class 0 = background).
     """
     images = keras.Input(shape=tuple(input_shape), name="images")
-    x = conv2d_fixed_padding(images, config.num_filters, config.kernel_size, config.conv_stride,
-                             "stem_conv")
-    x = layers.MaxPooling2D(config.first_pool_size, config.first_pool_stride, padding="same",
-                            data_format="channels_last", name="stem_pool")(x)
+    x = conv2d_fixed_padding(
+        images, config.num_filters, config.kernel_size, config.conv_stride, "stem_conv"
+    )
+    x = layers.MaxPooling2D(
+        config.first_pool_size,
+        config.first_pool_stride,
+        padding="same",
+        data_format="channels_last",
+        name="stem_pool",
+    )(x)
     outputs: dict[str, Any] = {}
     for block in config.blocks():
         x, preact = bottleneck_block_v2(x, block, config)
@@ -203,37 +236,48 @@ def build_resnet_v2(config: ResNetV2Config, include_top: bool = False,
     return keras.Model(images, outputs, name=name or config.name)
 
 
-def _load_weights_file(model: keras.Model, path: Path, config: ResNetV2Config,
-                       include_top: bool, input_shape: Sequence[int | None]) -> None:
+def _load_weights_file(
+    model: keras.Model,
+    path: Path,
+    config: ResNetV2Config,
+    include_top: bool,
+    input_shape: Sequence[int | None],
+) -> None:
     """Load a ``.weights.h5`` of the model *with* its top (what ``vostrack import-backbone``
     writes) into ``model``, which may have no top."""
     if not path.is_file():
         raise VostrackError(f"no weights file {path}")
-    full = model if include_top else build_resnet_v2(config, include_top=True,
-                                                     input_shape=input_shape)
+    full = (
+        model if include_top else build_resnet_v2(config, include_top=True, input_shape=input_shape)
+    )
     try:
         full.load_weights(str(path))
     except (ValueError, OSError, KeyError) as exc:
-        raise VostrackError(f"cannot load {path} into {config.name}: "
-                            f"{first_line(exc)}") from exc
+        raise VostrackError(f"cannot load {path} into {config.name}: {first_line(exc)}") from exc
     if full is not model:
         for layer in model.layers:
             if layer.weights:
                 layer.set_weights(full.get_layer(layer.name).get_weights())
 
 
-def resnet_v2(variant: str = "resnet50_v2", weights: str | os.PathLike | None = None,
-              include_top: bool = False, input_shape: Sequence[int | None] = (None, None, 3),
-              name: str | None = None) -> keras.Model:
+def resnet_v2(
+    variant: str = "resnet50_v2",
+    weights: str | os.PathLike | None = None,
+    include_top: bool = False,
+    input_shape: Sequence[int | None] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """ResNet v2 ``variant`` (a key of :data:`CONFIGS`), randomly initialised (``weights=None``)
     or with the weights of a file: a ``.weights.h5`` written by ``vostrack import-backbone``, or
     the official TF1 checkpoint itself (a prefix such as ``model.ckpt-225207``, or its folder;
     reading it needs TensorFlow)."""
     config = CONFIGS[variant]
     if weights == "imagenet":
-        raise VostrackError(f"no ImageNet weights ship with vostrack for {variant}: convert the "
-                            "official TF1 checkpoint with `vostrack import-backbone CKPT -o "
-                            "FILE.weights.h5` and pass that file as the weights")
+        raise VostrackError(
+            f"no ImageNet weights ship with vostrack for {variant}: convert the "
+            "official TF1 checkpoint with `vostrack import-backbone CKPT -o "
+            "FILE.weights.h5` and pass that file as the weights"
+        )
     model = build_resnet_v2(config, include_top=include_top, input_shape=input_shape, name=name)
     if weights is None:
         return model
@@ -250,9 +294,12 @@ def resnet_v2(variant: str = "resnet50_v2", weights: str | os.PathLike | None = 
 
 
 @register_backbone("resnet50_v2")
-def resnet50_v2(weights: str | os.PathLike | None = None, include_top: bool = False,
-                input_shape: Sequence[int | None] = (None, None, 3),
-                name: str | None = None) -> keras.Model:
+def resnet50_v2(
+    weights: str | os.PathLike | None = None,
+    include_top: bool = False,
+    input_shape: Sequence[int | None] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """ResNet-50 v2 of the TF model zoo r1.8 (the seed's backbone): C2..C5 with 256, 512, 1024,
     2048 channels. ``weights``: None (random), or a file (see :func:`resnet_v2`)."""
     return resnet_v2("resnet50_v2", weights, include_top, input_shape, name)
