@@ -30,6 +30,7 @@ def scene(tmp_path_factory):
     return root, labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["frozen", "keras"])
 def test_segment_with_the_shipped_model(tmp_path, scene, runtime):
     root, labels = scene
@@ -57,6 +58,7 @@ def test_segment_with_the_shipped_model(tmp_path, scene, runtime):
         assert (a & b).sum() / (a | b).sum() > 0.6, k
 
 
+@pytest.mark.slow
 def test_export_command_reexports_the_shipped_model(tmp_path):
     out = tmp_path / "again"
     result = CliRunner().invoke(
@@ -110,6 +112,7 @@ def test_export_needs_exactly_one_source(tmp_path):
     assert result.exit_code == 2 and "--max-parts: this model has no part path" in result.stderr
 
 
+@pytest.mark.slow
 def test_the_shipped_model_is_the_trained_one_on_real_video(tmp_path):
     """car-shadow (DAVIS-2016 val, 40 frames): the trained default scores J&F 0.977 (0.974
     without mirroring) where the untrained matching branch gets 0.87; anything below 0.94 is a

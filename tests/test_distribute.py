@@ -70,6 +70,7 @@ def check(result: dict) -> None:
     assert result["worst"] < 1e-2 * result["moved"], result  # ... and the same way on 2 devices
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_step_matches_one_device():
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(
@@ -81,6 +82,7 @@ def test_mirrored_strategy_step_matches_one_device():
     check(run(env, freeze_steps=0))
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_step_matches_one_device():
     env = jax_env()
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"

@@ -137,6 +137,7 @@ def test_without_the_tracker_the_parts_follow_the_objects_mask(network, clip):
     assert checked >= 2  # not vacuous: predicted masks were there to follow
 
 
+@pytest.mark.slow
 def test_frozen_graph_agrees_with_keras(network, clip, tmp_path):
     frames, labels = clip
     exported = export_model(network, tmp_path / "parts", "parts", saved_model=False)

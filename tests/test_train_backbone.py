@@ -19,6 +19,7 @@ from vostrack.training.checkpoints import NETWORK, load_arrays
 # Keras' own save_weights on the TF backend calls np.array(tensor, copy=False): not ours.
 # Loading a file of another model, Keras warns about each layer it finds no weights for, then fails.
 pytestmark = [
+    pytest.mark.slow,  # a training step: a minute
     pytest.mark.filterwarnings(
         "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
     ),

@@ -13,6 +13,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from tests.conftest import jax_env
@@ -21,6 +22,8 @@ from vostrack.network.config import ModelConfig, PartsModelConfig
 from vostrack.training.config import TrainConfig
 from vostrack.training.runs import open_run
 from vostrack.training.trainer import Trainer
+
+pytestmark = pytest.mark.slow  # training steps, on TF and on JAX: minutes
 
 TINY = TrainConfig(
     model=ModelConfig(
