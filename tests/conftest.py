@@ -29,7 +29,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def tiny_matching_config():
     from vostrack.network.config import MatchingConfig, ModelConfig
 
-    return ModelConfig(name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3))
+    return ModelConfig(
+        name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3), parts=None
+    )
 
 
 @pytest.fixture(scope="session")

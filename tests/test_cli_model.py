@@ -80,7 +80,7 @@ def test_export_needs_exactly_one_source(tmp_path):
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "--model" in result.stderr and "--config" in result.stderr
     matching = tmp_path / "matching.json"
-    matching.write_text(json.dumps({"name": "m"}))  # no part path
+    matching.write_text(json.dumps({"name": "m", "parts": None}))  # no part path
     result = CliRunner().invoke(
         cli, ["export", "--config", str(matching), "--max-parts", "2", "-o", str(tmp_path / "m")]
     )
@@ -95,7 +95,7 @@ def test_export_needs_exactly_one_source(tmp_path):
     (run / "step_0000001").mkdir(parents=True)
     (run / "latest").write_text("step_0000001\n")
     (run / "step_0000001" / "state.json").write_text(
-        json.dumps({"step": 1, "config": {"model": {"name": "m"}}})
+        json.dumps({"step": 1, "config": {"model": {"name": "m", "parts": None}}})
     )
     result = CliRunner().invoke(
         cli,

@@ -66,7 +66,7 @@ def test_apply_overrides_changes_settings_and_checks_them():
     with pytest.raises(VostrackError, match="built into the frozen graph"):
         apply_overrides(FULL, ["matching.top_k=20"], allowed=(RUN_TIME,))
     with pytest.raises(VostrackError, match="no part path"):
-        apply_overrides(ModelConfig(), ["parts.max_parts=2"])
+        apply_overrides(ModelConfig(parts=None), ["parts.max_parts=2"])
 
 
 def test_segment_set_is_checked_against_the_frozen_graph_before_any_work(tmp_path):

@@ -134,7 +134,7 @@ class PartsModelConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _kind("identity", "vostrack-matching")  # a label, not a setting
+    name: str = _kind("identity", "vostrack")  # a label, not a setting
     backbone: str = _kind(ARCHITECTURE, "efficientnet_lite2")
     #: Frames are resized so that their short side has this many pixels (None: native size),
     #: then padded (edge values) to a multiple of ``pad_multiple``; masks come back at the
@@ -142,8 +142,9 @@ class ModelConfig:
     working_short_side: int | None = _kind(BAKED, 480)
     pad_multiple: int = _kind(BAKED, 32)
     matching: MatchingConfig = _kind(ARCHITECTURE, default_factory=MatchingConfig)
-    #: None: the matching branch alone (no part path in the weights)
-    parts: PartsModelConfig | None = _kind(ARCHITECTURE, None)
+    #: The part path (the default, as shipped); None: the matching branch alone, a smaller and
+    #: faster network (configs/matching.json)
+    parts: PartsModelConfig | None = _kind(ARCHITECTURE, default_factory=PartsModelConfig)
     #: Run time: also segment each frame's mirror image (its own memory) and take the argmax of
     #: the two probability maps averaged (vostrack.inference.ensemble); twice the time.
     mirror_average: bool = _kind(RUN_TIME, False)
@@ -184,8 +185,13 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         data = dict(data)
         matching = MatchingConfig(**data.pop("matching", {}))
-        parts = data.pop("parts", None)
-        return cls(matching=matching, parts=PartsModelConfig(**parts) if parts else None, **data)
+        # absent: the default part path; null: none (the matching branch alone)
+        parts = data.pop("parts", {})
+        return cls(
+            matching=matching,
+            parts=None if parts is None else PartsModelConfig(**parts),
+            **data,
+        )
 
 
 def setting_kinds(cls: type = None) -> dict[str, str]:
