@@ -7,14 +7,16 @@ stderr with a non-zero exit code; ``--debug`` shows tracebacks instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -121,6 +123,22 @@ _RUN_SETTINGS_HELP = (
     "parts.max_parts=4 or matching.memory_frames=8; the frozen graph takes the "
     "settings read at run time, --runtime keras all of them."
 )
+
+
+def _native_logs_quiet(command: Callable) -> Callable:
+    """Run ``command`` with TensorFlow's C++ logs (CUDA probes, oneDNN notes) silenced for its
+    whole length, Python's stderr (progress, errors) kept: for the commands that build networks.
+    ``--debug`` shows everything."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from vostrack.inference.quiet import native_logs_silenced
+
+        debug = click.get_current_context().meta.get("vostrack.debug")
+        with native_logs_silenced(not debug):
+            return command(*args, **kwargs)
+
+    return run
 
 
 # ----------------------------------------------------------------------------------- segment
@@ -469,6 +487,7 @@ def _segment_davis(
     "batches do not depend on it).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_native_logs_quiet
 def train(
     data: Sequence[str],
     config_path: Path | None,
@@ -489,49 +508,6 @@ def train(
     quiet: bool,
 ) -> None:
     """Train the network (on a GPU: KERAS_BACKEND=jax; see tools/train_on_device.sh)."""
-    from vostrack.inference.quiet import native_logs_silenced
-
-    with native_logs_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        _train(
-            data,
-            config_path,
-            run_dir,
-            resume,
-            steps,
-            batch_size,
-            size,
-            backbone,
-            init,
-            init_only,
-            backbone_weights,
-            val,
-            exclude,
-            precision,
-            devices,
-            workers,
-            quiet,
-        )
-
-
-def _train(
-    data: Sequence[str],
-    config_path: Path | None,
-    run_dir: Path,
-    resume: bool,
-    steps: int | None,
-    batch_size: int | None,
-    size: int | None,
-    backbone: str | None,
-    init: Path | None,
-    init_only: Sequence[str],
-    backbone_weights: Path | None,
-    val: Path | None,
-    exclude: Sequence[str],
-    precision: str | None,
-    devices: int | None,
-    workers: int | None,
-    quiet: bool,
-) -> None:
     import dataclasses
 
     from vostrack.training.config import DataSpec, TrainConfig
@@ -779,6 +755,7 @@ def validate_backbone(
     "matching.top_k=20: the settings built into the graph too."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
+@_native_logs_quiet
 def export(
     model: str | None,
     config_path: Path | None,
@@ -805,40 +782,6 @@ def export(
         raise VostrackError(
             f"model folder {output_dir} already exists; use --overwrite to replace it"
         )
-    from vostrack.inference.quiet import native_logs_silenced
-
-    with native_logs_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        _export(
-            model,
-            config_path,
-            checkpoint,
-            output_dir,
-            name,
-            no_saved_model,
-            weights_dtype,
-            max_parts,
-            track,
-            mirror,
-            settings,
-            overwrite,
-        )
-    click.echo(f"exported {output_dir}")
-
-
-def _export(
-    model: str | None,
-    config_path: Path | None,
-    checkpoint: Path | None,
-    output_dir: Path,
-    name: str | None,
-    no_saved_model: bool,
-    weights_dtype: str,
-    max_parts: int | None,
-    track: bool | None,
-    mirror: bool | None,
-    settings: Sequence[str],
-    overwrite: bool,
-) -> None:
     import json
 
     from vostrack.network.config import ModelConfig, apply_overrides
@@ -888,6 +831,7 @@ def _export(
         saved_model=not no_saved_model,
         weights_dtype=weights_dtype,
     )
+    click.echo(f"exported {output_dir}")
 
 
 # --------------------------------------------------------------------------- import-backbone
