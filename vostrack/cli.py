@@ -118,6 +118,40 @@ def _settings_option(help_text: str):
     return click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help=help_text)
 
 
+def _model_options(context: str) -> Callable:
+    """The options that choose and set up the model a command runs (segment, validate);
+    ``context`` prefixes their help."""
+    options = [
+        click.option(
+            "--model",
+            default=DEFAULT_MODEL,
+            show_default=True,
+            help=f"{context}Model name (see models/) or path to a model folder.",
+        ),
+        click.option(
+            "--runtime",
+            type=click.Choice(RUNTIMES),
+            default="frozen",
+            show_default=True,
+            help=f"{context}Run the frozen TensorFlow graph, or the Keras model (any backend).",
+        ),
+        click.option(
+            "--mirror/--no-mirror",
+            default=None,
+            help=f"{context}Also segment each frame's mirror image and average the two (about "
+            "twice the time; default: the model's own setting).",
+        ),
+        _settings_option(context + _RUN_SETTINGS_HELP),
+    ]
+
+    def apply(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 _RUN_SETTINGS_HELP = (
     "Change an inference setting of the model for this run (repeatable), e.g. "
     "parts.max_parts=4 or matching.memory_frames=8; the frozen graph takes the "
@@ -174,26 +208,7 @@ def _native_logs_quiet(command: Callable) -> Callable:
     type=click.Path(path_type=Path),
     help="Also write an mp4 of the video with the masks blended in.",
 )
-@click.option(
-    "--model",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="Model name (see models/) or path to a model folder.",
-)
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="frozen",
-    show_default=True,
-    help="Run the frozen TensorFlow graph, or the Keras model (any Keras backend).",
-)
-@click.option(
-    "--mirror/--no-mirror",
-    default=None,
-    help="Also segment each frame's mirror image and average the two (about twice "
-    "the time; default: the model's own setting).",
-)
-@_settings_option(_RUN_SETTINGS_HELP)
+@_model_options("")
 @click.option(
     "--fps",
     type=click.FloatRange(min=0, min_open=True),
@@ -299,17 +314,7 @@ def _report_inputs(source, annotations, reader) -> None:
     type=click.Path(path_type=Path),
     help="Without --results: where the segmentations go (default: a new temp folder).",
 )
-@click.option(
-    "--model", default=DEFAULT_MODEL, show_default=True, help="Without --results: the model to run."
-)
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="frozen", show_default=True)
-@click.option(
-    "--mirror/--no-mirror",
-    default=None,
-    help="Also segment each frame's mirror image and average the two (about twice "
-    "the time; default: the model's own setting).",
-)
-@_settings_option("Without --results: " + _RUN_SETTINGS_HELP)
+@_model_options("Without --results: ")
 @click.option(
     "--overwrite",
     is_flag=True,
