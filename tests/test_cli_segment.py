@@ -351,3 +351,18 @@ def test_a_mask_with_void_pixels_is_segmented_with_a_warning(tmp_path, squares, 
     assert "void" in result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["objects"] == [1, 2, 3]  # not object 255
+
+
+def test_the_readmes_command_makes_the_folders_it_names(tmp_path, squares, double):
+    """`vostrack segment examples/shapes.mp4 --mask ... -o out/shapes --overlay out/shapes.mp4`
+    on a fresh checkout, where out/ does not exist yet."""
+    video, frames, labels, mask = squares
+    out, overlay = tmp_path / "out" / "shapes", tmp_path / "out" / "shapes.mp4"
+    result = run("segment", video, "--mask", mask, "-o", out, "--overlay", overlay, "-q")
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.png"))) == len(frames)
+    assert imageio_ffmpeg.count_frames_and_secs(str(overlay))[0] == len(frames)
+    deeper = tmp_path / "videos" / "2026" / "o.mp4"  # the overlay's own folders, too
+    result = run("segment", video, "--mask", mask, "-o", tmp_path / "o2", "--overlay", deeper, "-q")
+    assert result.exit_code == 0, result.output
+    assert deeper.is_file()

@@ -224,12 +224,6 @@ CASES = [
         absent=("out",),
     ),
     Case(
-        "overlay-in-a-missing-folder",
-        lambda r: seg(r, "-o", r / "out", "--overlay", r / "nowhere" / "o.mp4"),
-        "does not exist",
-        absent=("out",),
-    ),
-    Case(
         "overlay-under-a-file",
         lambda r: seg(r, "-o", r / "out", "--overlay", r / "in" / "m.png" / "o.mp4"),
         "is a file, not a folder",

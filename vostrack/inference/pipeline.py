@@ -91,6 +91,8 @@ class SegmentRun:
             )
             self._earlier_areas = earlier.get("areas")  # of the frames a resumed run replays
             self.output_dir = out
+            if options.overlay is not None:
+                Path(options.overlay).parent.mkdir(parents=True, exist_ok=True)
             remove_stale_temps(out, [*source.frame_names, SUMMARY_STEM, SpaceReserve.STEM])
             if options.resume and options.overlay is not None:
                 remove_stale_temps(Path(options.overlay).parent, [Path(options.overlay).stem])
@@ -360,9 +362,8 @@ def _check_overlay_path(overlay: Path, options: OutputOptions) -> None:
         )
     if overlay.is_dir():
         raise VostrackError(f"overlay {overlay} is a folder; give a video file name")
-    parent = overlay.parent
-    if not parent.exists():
-        raise VostrackError(f"cannot write the overlay video: folder {parent} does not exist")
+    # A missing folder is made (as -o's is); the first one that exists must take it.
+    parent = next(p for p in Path(os.path.abspath(overlay)).parents if p.exists())
     if not parent.is_dir():
         raise VostrackError(f"cannot write the overlay video: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
