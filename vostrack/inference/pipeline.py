@@ -109,12 +109,8 @@ class SegmentRun:
             }
             # Kept free until the final summary is written: it fits even on a disk found full.
             self._reserve = SpaceReserve(out, _summary_size_bound(source, annotations))
-            try:
-                write_json(out / SUMMARY_NAME, self.summary)
-            except BaseException:
-                self._reserve.release()
-                raise
-        except BaseException as exc:
+            write_json(out / SUMMARY_NAME, self.summary)
+        except BaseException as exc:  # close() gives the reserve and the lock back
             self.close()
             if created:  # refused before any work: leave no empty folder behind
                 with contextlib.suppress(OSError):

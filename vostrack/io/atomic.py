@@ -23,7 +23,8 @@ from typing import IO, Any
 _RANDOM = r"[a-z0-9_]{8}"
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is set straight back)."""
     umask = os.umask(0)
     os.umask(umask)
     return umask
@@ -41,7 +42,7 @@ def create_temp(path: str | Path) -> tuple[int, Path]:
         prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
     )
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
     except BaseException:
         os.close(fd)
         os.unlink(name)

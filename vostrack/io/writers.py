@@ -118,7 +118,7 @@ class OverlayVideo:
             os.close(fd)
             self.tmp.unlink()
             raise
-        os.close(fd)
+        self._fd = fd  # kept, to flush the finished file through it (never reopened by name)
         self._stderr: list[bytes] = []
         self._stderr_reader = threading.Thread(
             target=self._read_stderr, daemon=True, name="vostrack-ffmpeg-stderr"
@@ -153,7 +153,7 @@ class OverlayVideo:
         if any(self._pad):
             rgb = np.pad(rgb, ((0, self._pad[0]), (0, self._pad[1]), (0, 0)), mode="edge")
         try:
-            self._process.stdin.write(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes())
+            self._process.stdin.write(np.ascontiguousarray(rgb, dtype=np.uint8))
         except OSError as exc:  # ffmpeg is gone (BrokenPipeError): say why
             self._process.wait()
             raise self._failure(exc) from None
@@ -170,9 +170,9 @@ class OverlayVideo:
             self._stderr_reader.join(timeout=5)
             if self._process.returncode != 0 or any(ln.strip() for ln in self._stderr):
                 raise self._failure()
-            with open(self.tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
+            os.fsync(self._fd)
             os.replace(self.tmp, self.path)
+            self._close_fd()
         except BaseException:
             self.abort()
             raise
@@ -184,8 +184,14 @@ class OverlayVideo:
                 self._process.stdin.close()
             self._process.kill()
         self._process.wait()
+        self._close_fd()
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclass

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vostrack.errors import VostrackError
-from vostrack.io.atomic import write_json, write_text
+from vostrack.io.atomic import current_umask, write_json, write_text
 from vostrack.training.config import BACKBONE, TrainConfig
 
 if TYPE_CHECKING:
@@ -262,9 +262,7 @@ def write_checkpoint(
     # An exclusive, randomly named folder: a fixed temporary name could be a planted link.
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the name, not the result
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 is for the name, not the result
         save_arrays(tmp, NETWORK, network)
         save_arrays(tmp, OPTIMIZERS, optimizers)
         write_json(tmp / "state.json", state)

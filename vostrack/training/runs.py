@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from vostrack.errors import VostrackError
-from vostrack.io.atomic import atomic_path, write_json
+from vostrack.io.atomic import write_json, write_text
 from vostrack.training.checkpoints import latest_checkpoint, read_state
 from vostrack.training.config import TrainConfig
 from vostrack.training.trainer import Trainer
@@ -81,8 +81,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             for ln in path.read_text(encoding="utf-8").splitlines()
             if ln.strip() and json.loads(ln).get("step", 0) <= step
         ]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+        write_text(path, "".join(ln + "\n" for ln in lines))
 
 
 def _checkpoint_step(checkpoint: Path) -> int | None:

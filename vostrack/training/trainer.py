@@ -283,20 +283,17 @@ class Trainer:
     # --------------------------------------------------------------------- checkpoints
     def save(self) -> Path:
         """Write checkpoints/step_NNNNNNN atomically and point checkpoints/latest at it."""
+        optimizers = {"heads": self.heads_opt, "backbone": self.backbone_opt}
         try:
-            return Trainer._save(self)
+            return write_checkpoint(
+                self.run_dir / "checkpoints",
+                self.step,
+                network_arrays(self.network),
+                optimizer_arrays(optimizers, self.network.variables),
+                {"step": self.step, "best": self.best, "config": self.config.to_dict()},
+            )
         except OSError as exc:  # a full disk: one line; the latest checkpoint stays the last
             raise write_failure(exc, self.run_dir / "checkpoints", "a checkpoint in") from None
-
-    def _save(self) -> Path:
-        optimizers = {"heads": self.heads_opt, "backbone": self.backbone_opt}
-        return write_checkpoint(
-            self.run_dir / "checkpoints",
-            self.step,
-            network_arrays(self.network),
-            optimizer_arrays(optimizers, self.network.variables),
-            {"step": self.step, "best": self.best, "config": self.config.to_dict()},
-        )
 
     def restore(self, checkpoint: Path) -> None:
         state = read_state(checkpoint)
