@@ -41,7 +41,9 @@ def segment(args, delay: float = 0.0) -> subprocess.Popen:
 
 
 def pngs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("*.png"))
+    """The PNGs under final names: a killed run may leave a hidden temp file (``.NAME.*.tmp.png``,
+    which pathlib's glob matches), cleared by the resume; it is not a frame."""
+    return sorted(p.name for p in folder.glob("*.png") if not p.name.startswith("."))
 
 
 def kill_after(proc: subprocess.Popen, folder: Path, frames: int, timeout: float = 60) -> None:
