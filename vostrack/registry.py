@@ -93,13 +93,17 @@ def manifest_config(model_dir: Path, manifest: dict) -> ModelConfig:
 
 
 def load_propagator(
-    name: str, runtime: str = "frozen", mirror: bool | None = None, overrides: Sequence[str] = ()
+    name: str,
+    runtime: str = "frozen",
+    mirror: bool | None = None,
+    overrides: Sequence[str] = (),
+    threads: int | None = None,
 ) -> tuple[Propagator, dict]:
     """Load model ``name`` for ``runtime`` with its inference settings changed by ``overrides``
     (``"parts.max_parts=4"``, ...: :func:`vostrack.network.config.apply_overrides`; the frozen
     graph takes only the run-time ones); returns the propagator and a description of it.
     ``mirror`` (``--mirror/--no-mirror``) is the override ``mirror_average``; None keeps the
-    model's own."""
+    model's own. ``threads``: the cores the frozen graph's ops may use (None: all)."""
     if runtime not in RUNTIMES:
         raise VostrackError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
     model_dir = resolve_model(name)
@@ -131,7 +135,9 @@ def load_propagator(
         if runtime == "frozen":
             from vostrack.inference.runtimes import FrozenRuntime
 
-            backend = FrozenRuntime(model_dir / files["frozen_graph"], config, manifest["tensors"])
+            backend = FrozenRuntime(
+                model_dir / files["frozen_graph"], config, manifest["tensors"], threads
+            )
         else:
             from vostrack.inference.runtimes import KerasRuntime
             from vostrack.network.vos import load_network

@@ -93,7 +93,16 @@ class FrozenRuntime:
     """The frozen GraphDef (``frozen.pb``) run in a ``tf.compat.v1.Session``; tensors are
     found by the names the manifest records."""
 
-    def __init__(self, graph_path: Path, config: ModelConfig, tensors: dict[str, dict[str, str]]):
+    def __init__(
+        self,
+        graph_path: Path,
+        config: ModelConfig,
+        tensors: dict[str, dict[str, str]],
+        threads: int | None = None,
+    ):
+        """``threads``: the cores one frame's ops may use (None: TensorFlow's choice, every
+        core); several runtimes side by side (``vostrack batch``) each take their share, so
+        that they do not oversubscribe the cores."""
         import tensorflow as tf
 
         from vostrack.serving.export import float32_constants
@@ -105,7 +114,12 @@ class FrozenRuntime:
         graph = tf.Graph()
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
-        self._session = tf.compat.v1.Session(graph=graph)
+        session_config = None
+        if threads is not None:
+            session_config = tf.compat.v1.ConfigProto(
+                intra_op_parallelism_threads=int(threads), inter_op_parallelism_threads=1
+            )
+        self._session = tf.compat.v1.Session(graph=graph, config=session_config)
         self._ran: set[str] = set()  # TF logs oneDNN notes to stderr when a function first runs
         self._inputs = {
             fn: {k: graph.get_tensor_by_name(v) for k, v in names["inputs"].items()}
