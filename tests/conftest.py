@@ -27,10 +27,11 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def tiny_matching_config():
-    from vostrack.network.config import MatchingConfig, ModelConfig
+    """The tiny matching network's architecture and settings."""
+    from vostrack.network.config import InferenceSettings, MatchingSettings, ModelConfig
 
-    return ModelConfig(
-        name="tiny", working_short_side=96, matching=MatchingConfig(memory_frames=3), parts=None
+    return ModelConfig(name="tiny", parts=None), InferenceSettings(
+        working_short_side=96, matching=MatchingSettings(memory_frames=3)
     )
 
 
@@ -40,7 +41,7 @@ def tiny_network():
     changes it)."""
     from vostrack.network.vos import VosNetwork
 
-    return VosNetwork(tiny_matching_config())
+    return VosNetwork(*tiny_matching_config())
 
 
 @pytest.fixture(scope="session")

@@ -186,13 +186,10 @@ def test_optimizer_slots_are_keyed_by_their_variable(tmp_path):
 
 
 def test_a_real_network_keys_every_variable_and_slot_by_its_path():
-    from vostrack.network.config import ModelConfig, PartsModelConfig
+    from vostrack.network.config import ModelConfig
     from vostrack.network.vos import VosNetwork
 
-    network = VosNetwork(
-        ModelConfig(name="tiny", working_short_side=64, parts=PartsModelConfig(max_parts=2)),
-        weights=None,
-    )
+    network = VosNetwork(ModelConfig(name="tiny"), weights=None)
     paths = [v.path for v in network.variables]
     assert len(set(paths)) == len(paths)
     assert {"mask_head/output/kernel", "stem_conv/kernel"} <= set(paths)

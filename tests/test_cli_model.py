@@ -13,7 +13,7 @@ from tests.conftest import SHARED_DATA, write_video
 from vostrack.cli import cli
 from vostrack.data.procedural import SceneConfig, make_clip
 from vostrack.io.palette import read_label_png, write_label_png
-from vostrack.network.config import ModelConfig
+from vostrack.network.config import model_from_dict
 from vostrack.registry import resolve_model
 
 
@@ -68,7 +68,7 @@ def test_export_command_reexports_the_shipped_model(tmp_path):
     shipped = json.loads((resolve_model("default") / "manifest.json").read_text())
     again = json.loads((out / "manifest.json").read_text())
     # The same config (settings newer than the shipped manifest take their defaults)
-    assert ModelConfig.from_dict(again["config"]) == ModelConfig.from_dict(shipped["config"])
+    assert model_from_dict(again["config"]) == model_from_dict(shipped["config"])
     assert again["tensors"] == shipped["tensors"]
     assert not (out / "saved_model").exists()
     refused = CliRunner().invoke(cli, ["export", "--model", "default", "-o", str(out)])

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from tests.conftest import write_frame_folder
 from tests.test_parts_model import CONFIG as PARTS_CONFIG
+from tests.test_parts_model import SETTINGS as PARTS_SETTINGS
 from tests.test_parts_model import eager
 from vostrack.cli import cli
 from vostrack.data.procedural import SceneConfig, make_clip
@@ -38,6 +39,7 @@ class Recorder:
 
     def __init__(self, runtime):
         self.runtime, self.config, self.steps = runtime, runtime.config, []
+        self.settings = runtime.settings
 
     def run(self, function, inputs, skip=()):
         out = self.runtime.run(function, inputs)  # everything: the test compares both
@@ -86,10 +88,10 @@ def test_the_labels_are_the_argmax_of_both_members_averaged(tiny_network, clip):
 
 def test_both_members_place_their_parts_from_the_averaged_labels(clip):
     frames, labels = clip
-    config = dataclasses.replace(
-        PARTS_CONFIG, parts=dataclasses.replace(PARTS_CONFIG.parts, track=False)
+    settings = dataclasses.replace(
+        PARTS_SETTINGS, parts=dataclasses.replace(PARTS_SETTINGS.parts, track=False)
     )
-    base = PartsPropagator(KerasRuntime(VosNetwork(config)))
+    base = PartsPropagator(KerasRuntime(VosNetwork(PARTS_CONFIG, settings)))
     with eager():
         masks, states, reference = run_video(MirroredPropagator(base), frames, labels)
     for t in range(1, len(frames)):
@@ -113,7 +115,7 @@ def test_a_model_with_mirror_average_segments_through_the_cli(tiny_model, clip, 
         if item.name != "manifest.json":
             (model / item.name).symlink_to(item)
     manifest = json.loads((tiny_model / "manifest.json").read_text())
-    manifest["config"]["mirror_average"] = True
+    manifest["config"]["settings"]["mirror_average"] = True
     (model / "manifest.json").write_text(json.dumps(manifest))
     propagator, info = load_propagator(str(model))
     assert isinstance(propagator, MirroredPropagator) and info["mirror_average"] is True

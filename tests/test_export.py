@@ -15,12 +15,12 @@ from tests.conftest import tiny_matching_config
 from vostrack.data.procedural import SceneConfig, make_clip
 from vostrack.inference.propagator import MatchingPropagator
 from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
-from vostrack.network.config import ModelConfig, working_size
+from vostrack.network.config import InferenceSettings, model_from_dict, working_size
 from vostrack.network.vos import load_network
 from vostrack.registry import read_manifest
 from vostrack.serving.export import export_model, float32_constants, tf_working_size, to_half
 
-TINY = tiny_matching_config()
+TINY, TINY_SETTINGS = tiny_matching_config()
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,9 @@ def exported(tiny_model):
 @pytest.fixture(scope="module")
 def reloaded(exported):
     """The network as the model folder holds it (float16-rounded weights)."""
-    return load_network(exported, TINY, read_manifest(exported)["files"]["keras_weights"])
+    return load_network(
+        exported, TINY, TINY_SETTINGS, read_manifest(exported)["files"]["keras_weights"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +51,12 @@ def clip():
 
 
 def test_working_size_and_its_graph_twin_agree():
-    for config in (ModelConfig(), TINY, ModelConfig(working_short_side=None)):
+    for config in (InferenceSettings(), TINY_SETTINGS, InferenceSettings(working_short_side=None)):
         for h, w in [(480, 854), (1080, 1920), (72, 120), (853, 480), (33, 47), (480, 853)]:
             expected = working_size(h, w, config)
             work, pad = tf_working_size(tf.constant(h), tf.constant(w), config)
             assert tuple(int(v) for v in (*work, *pad)) == expected, (config, h, w)
-    assert working_size(480, 854, ModelConfig()) == (480, 854, 480, 864)
+    assert working_size(480, 854, InferenceSettings()) == (480, 854, 480, 864)
 
 
 def test_mask_to_grid_and_back_keeps_shapes_in_place(network):
@@ -84,7 +86,7 @@ def run_video(propagator, frames, labels):
 def test_export_writes_a_complete_model_folder(exported):
     manifest = read_manifest(exported)
     assert manifest["format"] == "vostrack-model/1" and manifest["backbone"] == "efficientnet_lite2"
-    assert ModelConfig.from_dict(manifest["config"]) == TINY
+    assert model_from_dict(manifest["config"]) == (TINY, TINY_SETTINGS)
     for name in ("frozen.pb", "network.weights.h5", "saved_model/saved_model.pb"):
         assert (exported / name).is_file(), name
     assert set(manifest["tensors"]) == {"encode_reference", "step"}
@@ -112,7 +114,9 @@ def test_export_writes_a_complete_model_folder(exported):
 def test_frozen_graph_and_keras_model_give_the_same_masks(network, exported, clip):
     frames, labels = clip
     manifest = read_manifest(exported)
-    frozen = MatchingPropagator(FrozenRuntime(exported / "frozen.pb", TINY, manifest["tensors"]))
+    frozen = MatchingPropagator(
+        FrozenRuntime(exported / "frozen.pb", TINY, TINY_SETTINGS, manifest["tensors"])
+    )
     keras_masks = run_video(MatchingPropagator(KerasRuntime(network)), frames, labels)
     frozen_masks = run_video(frozen, frames, labels)
     for t in range(1, len(frames)):
@@ -175,7 +179,7 @@ def test_weights_are_stored_in_float16_and_computed_in_float32(
     exact = KerasRuntime(network).run("encode_reference", inputs)["key"]
     for folder, low, high in ((exported, 1e-4, 1e-2), (full, 0, 1e-5)):
         manifest = read_manifest(folder)
-        key = FrozenRuntime(folder / "frozen.pb", TINY, manifest["tensors"]).run(
+        key = FrozenRuntime(folder / "frozen.pb", TINY, TINY_SETTINGS, manifest["tensors"]).run(
             "encode_reference", inputs
         )["key"]
         assert low <= np.abs(key - exact).max() <= high, folder

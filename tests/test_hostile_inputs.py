@@ -274,7 +274,9 @@ CASES = [
             "-o",
             r / "out",
             "--model",
-            _damaged_model(r, lambda m, _: m["config"].update(working_short_side="big")),
+            _damaged_model(
+                r, lambda m, _: m["config"]["settings"].update(working_short_side="big")
+            ),
         ),
         "manifest.json",
         real_model=True,

@@ -11,19 +11,20 @@ import pytest
 from vostrack.data.procedural import SceneConfig, make_clip
 from vostrack.inference.propagator import PartsPropagator
 from vostrack.inference.runtimes import FrozenRuntime, KerasRuntime
-from vostrack.network.config import ModelConfig, PartsModelConfig
+from vostrack.network.config import InferenceSettings, ModelConfig, PartSettings
 from vostrack.network.vos import VosNetwork, load_network
 from vostrack.registry import read_manifest
 from vostrack.serving.export import export_model
 
-CONFIG = ModelConfig(
-    name="tiny-parts", working_short_side=96, parts=PartsModelConfig(max_parts=3, min_part_area=256)
+CONFIG = ModelConfig(name="tiny-parts")
+SETTINGS = InferenceSettings(
+    working_short_side=96, parts=PartSettings(max_parts=3, min_part_area=256)
 )
 
 
 @pytest.fixture(scope="module")
 def network():
-    return VosNetwork(CONFIG)
+    return VosNetwork(CONFIG, SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +96,9 @@ def test_without_the_tracker_the_parts_follow_the_objects_mask(network, clip):
     import dataclasses
 
     frames, labels = clip
-    config = network.config
-    network.config = dataclasses.replace(
-        config, parts=dataclasses.replace(config.parts, track=False)
+    settings = network.settings
+    network.settings = dataclasses.replace(
+        settings, parts=dataclasses.replace(settings.parts, track=False)
     )
     try:
         runtime = KerasRuntime(network)
@@ -115,7 +116,7 @@ def test_without_the_tracker_the_parts_follow_the_objects_mask(network, clip):
         with eager():
             masks, states, reference = run(PartsPropagator(runtime), frames, labels)
     finally:
-        network.config = config
+        network.settings = settings
     assert len(given) == len(frames) - 1
     for a, b in zip(given, moved):
         np.testing.assert_array_equal(a, b)  # the graph does not track
@@ -144,13 +145,15 @@ def test_frozen_graph_agrees_with_keras(network, clip, tmp_path):
     manifest = read_manifest(exported)
     assert {"templates", "part_boxes", "prev_probs"} <= set(manifest["tensors"]["step"]["inputs"])
     keras_masks, keras_states, _ = run(PartsPropagator(KerasRuntime(network)), frames, labels)
-    frozen = PartsPropagator(FrozenRuntime(exported / "frozen.pb", CONFIG, manifest["tensors"]))
+    frozen = PartsPropagator(
+        FrozenRuntime(exported / "frozen.pb", CONFIG, SETTINGS, manifest["tensors"])
+    )
     frozen_masks, frozen_states, _ = run(frozen, frames, labels)
     for t in range(len(frames)):
         a, b = keras_masks[t] > 0, frozen_masks[t] > 0
         assert (a & b).sum() / max((a | b).sum(), 1) > 0.99, t
     np.testing.assert_allclose(frozen_states[-1].part_boxes, keras_states[-1].part_boxes, atol=0.05)
-    reloaded = load_network(exported, CONFIG, manifest["files"]["keras_weights"])
+    reloaded = load_network(exported, CONFIG, SETTINGS, manifest["files"]["keras_weights"])
     weights = [w.numpy() if hasattr(w, "numpy") else np.asarray(w) for w in reloaded.weights]
     assert len(weights) == len(network.weights)
     np.testing.assert_array_equal(weights[-1], np.asarray(network.weights[-1]))

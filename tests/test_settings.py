@@ -1,5 +1,6 @@
-"""Inference settings: each config field says its kind, and one path changes them
-(`apply_overrides`, behind `--set` of segment / validate / export and the benchmarks)."""
+"""Inference settings: a dataclass apart from the architecture, each field saying its kind, and
+one path that changes them (`apply_overrides`, behind `--set` of segment / validate / export and
+the benchmarks)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ from vostrack.network.config import (
     ARCHITECTURE,
     BAKED,
     RUN_TIME,
+    InferenceSettings,
     ModelConfig,
-    PartsModelConfig,
     apply_overrides,
+    model_from_dict,
+    model_to_dict,
     setting_kinds,
 )
 
-FULL = ModelConfig(name="m", parts=PartsModelConfig())
+FULL = ModelConfig(name="m")
+SETTINGS = InferenceSettings()
 
 
 def test_every_field_has_a_kind():
@@ -30,7 +34,9 @@ def test_every_field_has_a_kind():
     assert kinds["backbone"] == ARCHITECTURE and kinds["parts.fpn_channels"] == ARCHITECTURE
     assert kinds["matching.top_k"] == BAKED and kinds["parts.track"] == BAKED
     assert kinds["matching.memory_frames"] == RUN_TIME and kinds["mirror_average"] == RUN_TIME
-    assert set(kinds) == set(_leaves(FULL.to_dict()))  # no field left out
+    assert set(InferenceSettings.kinds()) == set(_leaves(SETTINGS.to_dict()))  # none left out
+    architecture = {k for k, v in kinds.items() if v == ARCHITECTURE}
+    assert architecture | {"name"} == set(_leaves(FULL.to_dict()))
 
 
 def _leaves(tree, prefix=""):
@@ -41,18 +47,57 @@ def _leaves(tree, prefix=""):
             yield f"{prefix}{key}"
 
 
+def test_a_model_file_round_trips_and_reads_the_earlier_mixed_layout():
+    settings = apply_overrides(SETTINGS, ["parts.max_parts=3", "matching.top_k=7"])
+    assert model_from_dict(model_to_dict(FULL, settings)) == (FULL, settings)
+    earlier = {  # before the split: the settings inside the architecture's sections
+        "name": "m",
+        "working_short_side": 320,
+        "matching": {"level": "C4", "top_k": 7, "memory_frames": 2},
+        "parts": {"max_parts": 3, "fpn_channels": 128, "track": False},
+        "mirror_average": True,
+    }
+    config, read = model_from_dict(earlier)
+    assert config == FULL
+    assert (read.working_short_side, read.matching.top_k, read.matching.memory_frames) == (
+        320,
+        7,
+        2,
+    )
+    assert (read.parts.max_parts, read.parts.track, read.mirror_average) == (3, False, True)
+    matching_only, _ = model_from_dict({"name": "x", "parts": None, "settings": {"parts": None}})
+    assert matching_only.parts is None
+    assert model_to_dict(matching_only, SETTINGS)["settings"]["parts"] is None
+
+
+def test_settings_are_checked_against_the_architecture():
+    with pytest.raises(VostrackError, match="pad_multiple must be a positive multiple of 32"):
+        model_from_dict({"settings": {"pad_multiple": 16}})
+    assert model_from_dict({"parts": None, "settings": {"pad_multiple": 16}})[0].parts is None
+    with pytest.raises(VostrackError, match="parts.search_size must be a whole number >= 6"):
+        apply_overrides(SETTINGS, ["parts.search_size=4"], FULL)
+    with pytest.raises(TypeError):  # an architecture field in the settings: not a setting
+        model_from_dict({"settings": {"fpn_channels": 64}})
+
+
 def test_apply_overrides_changes_settings_and_checks_them():
-    config = apply_overrides(
-        FULL,
+    settings = apply_overrides(
+        SETTINGS,
         [
             "parts.max_parts=3",
             "mirror_average=true",
             "matching.top_k=20",
             "matching.reference_share=null",
         ],
+        FULL,
     )
-    assert (config.parts.max_parts, config.mirror_average, config.matching.top_k) == (3, True, 20)
-    assert FULL.parts.max_parts == 6  # a new config, the old one unchanged
+    assert isinstance(settings, InferenceSettings)
+    assert (settings.parts.max_parts, settings.mirror_average, settings.matching.top_k) == (
+        3,
+        True,
+        20,
+    )
+    assert SETTINGS.parts.max_parts == 6  # new settings, the old ones unchanged
     cases = [
         (["backbone=resnet50_v2"], "defines the model"),
         (["parts.fpn_channels=64"], "defines the model"),
@@ -62,11 +107,11 @@ def test_apply_overrides_changes_settings_and_checks_them():
     ]
     for assignments, message in cases:
         with pytest.raises(VostrackError, match=message):
-            apply_overrides(FULL, assignments)
+            apply_overrides(SETTINGS, assignments, FULL)
     with pytest.raises(VostrackError, match="built into the frozen graph"):
-        apply_overrides(FULL, ["matching.top_k=20"], allowed=(RUN_TIME,))
+        apply_overrides(SETTINGS, ["matching.top_k=20"], FULL, allowed=(RUN_TIME,))
     with pytest.raises(VostrackError, match="no part path"):
-        apply_overrides(ModelConfig(parts=None), ["parts.max_parts=2"])
+        apply_overrides(SETTINGS, ["parts.max_parts=2"], ModelConfig(parts=None))
 
 
 def test_segment_set_is_checked_against_the_frozen_graph_before_any_work(tmp_path):
@@ -89,10 +134,14 @@ def test_load_propagator_applies_run_time_settings_and_reads_the_former_format(
     model = tmp_path / "old"
     shutil.copytree(tiny_model, model)
     manifest = json.loads((model / "manifest.json").read_text())
-    manifest["format"] = "vostrack-matching/1"  # written by an earlier version
+    manifest["format"] = "vostrack-matching/1"  # written by an earlier version,
+    settings = manifest["config"].pop("settings")  # with the settings mixed in
+    manifest["config"]["matching"].update(settings["matching"])
+    for key in ("working_short_side", "pad_multiple", "mirror_average"):
+        manifest["config"][key] = settings[key]
     (model / "manifest.json").write_text(json.dumps(manifest))
     propagator, info = load_propagator(str(model), "frozen", overrides=["matching.memory_frames=2"])
-    assert propagator.memory.config.memory_frames == 2
+    assert propagator.memory.settings.memory_frames == 2
     assert info["overrides"] == ["matching.memory_frames=2"]
     mirrored, info = load_propagator(str(model), "frozen", mirror=True)
     assert isinstance(mirrored, MirroredPropagator) and info["mirror_average"] is True

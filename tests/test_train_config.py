@@ -120,3 +120,49 @@ def test_init_only_takes_the_backbone_of_a_checkpoint(tmp_path):
     for variable in trainer.network.variables:
         same = np.array_equal(np.asarray(variable.numpy()), saved[variable.path])
         assert same == (variable.path in encoder), variable.path
+
+
+def test_the_video_section_chooses_the_davis_image_set_and_youtube_meta(tmp_path):
+    from tests.test_video_datasets import write_davis, write_youtube
+
+    davis = write_davis(
+        tmp_path / "davis",
+        ["a", "b", "c"],
+        sets={(2016, "train"): ["a", "b"], (2016, "val"): ["c"]},
+    )
+    youtube = write_youtube(tmp_path / "ytvos", ["v1"], meta=True)
+
+    def dataset(path, **video):
+        config = TrainConfig.from_dict(
+            {
+                "data": [{"path": str(path)}],
+                "size": 64,
+                "video": video,
+                "steps": 10,
+                "warmup_steps": 1,
+            }
+        )
+        return training_batches(config).source.dataset
+
+    assert dataset(davis).names == ["a", "b"]  # the train image set by default
+    assert dataset(davis, davis_split="val").names == ["c"]
+    assert dataset(davis, davis_split=None).names == ["a", "b", "c"]
+    assert dataset(youtube).sequences[0].objects is not None  # from meta.json
+    assert dataset(youtube, youtube_meta=False).sequences[0].objects is None
+    fails(
+        [
+            "train",
+            "--data",
+            davis,
+            "--out",
+            tmp_path / "run",
+            "--config",
+            _written(tmp_path / "bad.json", {"video": {"davis_resolution": "1080p"}}),
+        ],
+        "no JPEGImages/1080p and Annotations/1080p",
+    )
+
+
+def _written(path, data):
+    path.write_text(json.dumps(data))
+    return path

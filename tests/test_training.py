@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from tests.conftest import jax_env
 from vostrack.cli import cli
-from vostrack.network.config import ModelConfig, PartsModelConfig
+from vostrack.network.config import InferenceSettings, ModelConfig, PartSettings
 from vostrack.training.config import TrainConfig
 from vostrack.training.runs import open_run
 from vostrack.training.trainer import Trainer
@@ -26,8 +26,9 @@ from vostrack.training.trainer import Trainer
 pytestmark = pytest.mark.slow  # training steps, on TF and on JAX: minutes
 
 TINY = TrainConfig(
-    model=ModelConfig(
-        name="tiny", working_short_side=64, parts=PartsModelConfig(max_parts=2, min_part_area=128)
+    model=ModelConfig(name="tiny"),
+    settings=InferenceSettings(
+        working_short_side=64, parts=PartSettings(max_parts=2, min_part_area=128)
     ),
     size=64,
     batch_size=1,
@@ -213,8 +214,9 @@ def test_train_command_validation_ctrl_c_resume_and_export(tmp_path, monkeypatch
     )
     assert more.exit_code == 0, more.output
     manifest = json.loads((model / "manifest.json").read_text())
-    assert manifest["config"]["parts"]["max_parts"] == 3
-    assert manifest["config"]["parts"]["track"] is False
-    assert manifest["config"]["mirror_average"] is True
+    settings = manifest["config"]["settings"]
+    assert settings["parts"]["max_parts"] == 3
+    assert settings["parts"]["track"] is False
+    assert settings["mirror_average"] is True
     assert b"tracker" not in (model / "frozen.pb").read_bytes()  # nor its weights there,
     assert b"tracker" in (model / "network.weights.h5").read_bytes()  # but kept here

@@ -190,11 +190,11 @@ def main() -> None:
             )
         init_path = args.init.as_posix()
     else:
-        from vostrack.network.config import ModelConfig
+        from vostrack.network.config import model_from_dict
         from vostrack.network.vos import VosNetwork
         from vostrack.training.checkpoints import NETWORK, network_arrays, save_arrays
 
-        network = VosNetwork(ModelConfig.from_dict(config["model"]))
+        network = VosNetwork(*model_from_dict(config["model"]))
         init = data / "init"
         init.mkdir()
         save_arrays(

@@ -789,7 +789,12 @@ def export(
         )
     import json
 
-    from vostrack.network.config import ModelConfig, apply_overrides
+    from vostrack.network.config import (
+        InferenceSettings,
+        ModelConfig,
+        apply_overrides,
+        model_from_dict,
+    )
     from vostrack.network.vos import VosNetwork, load_network
     from vostrack.registry import manifest_config, read_manifest, resolve_model
     from vostrack.serving.export import export_model
@@ -803,29 +808,32 @@ def export(
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
 
-    def configured(config: ModelConfig) -> ModelConfig:
+    def configured(config: ModelConfig, settings: InferenceSettings) -> InferenceSettings:
         for option, value in (("--max-parts", max_parts), ("--part-tracker", track)):
             if value is not None and not config.parts:
                 raise VostrackError(f"{option}: this model has no part path")
-        return apply_overrides(config, overrides)
+        return apply_overrides(settings, overrides, config)
 
     if config_path is not None:
         try:
-            config = ModelConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as exc:
+            config, settings = model_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise VostrackError(f"cannot read config {config_path}: {exc}") from None
-        network = VosNetwork(configured(config), weights="imagenet")
+        network = VosNetwork(config, configured(config, settings), weights="imagenet")
     elif checkpoint is not None:
         from vostrack.training.checkpoints import checkpoint_config, checkpoint_network
 
-        config = configured(checkpoint_config(checkpoint)[1].model)  # fails early
-        network = checkpoint_network(checkpoint, config)
+        trained = checkpoint_config(checkpoint)[1]
+        settings = configured(trained.model, trained.settings)  # fails early
+        network = checkpoint_network(checkpoint, settings)
     else:
         model_dir = resolve_model(model)
         manifest = read_manifest(model_dir)
+        config, settings = manifest_config(model_dir, manifest)
         network = load_network(
             model_dir,
-            configured(manifest_config(model_dir, manifest)),
+            config,
+            configured(config, settings),
             manifest["files"]["keras_weights"],
         )
     export_model(

@@ -21,7 +21,7 @@ from vostrack.inference.contract import Propagator
 
 if TYPE_CHECKING:
     from vostrack.inference.propagator import Runtime
-    from vostrack.network.config import ModelConfig
+    from vostrack.network.config import InferenceSettings, ModelConfig
 
 DEFAULT_MODEL = "default"
 MANIFEST = "manifest.json"
@@ -71,9 +71,10 @@ def read_manifest(model_dir: Path) -> dict:
     return manifest
 
 
-def manifest_config(model_dir: Path, manifest: dict) -> ModelConfig:
-    """The model config a manifest records, or a one-line error naming what is wrong."""
-    from vostrack.network.config import ModelConfig
+def manifest_config(model_dir: Path, manifest: dict) -> tuple[ModelConfig, InferenceSettings]:
+    """The architecture and inference settings a manifest records (its ``config``: a model
+    file's mapping), or a one-line error naming what is wrong."""
+    from vostrack.network.config import model_from_dict
 
     values = manifest.get("config")
     if not isinstance(values, dict):
@@ -82,7 +83,7 @@ def manifest_config(model_dir: Path, manifest: dict) -> ModelConfig:
             f"not {type(values).__name__}"
         )
     try:
-        return ModelConfig.from_dict(values)
+        return model_from_dict(values)
     except VostrackError as exc:
         raise VostrackError(f"model {model_dir}: {MANIFEST}: {exc}") from None
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
@@ -120,9 +121,11 @@ def load_propagator(
     from vostrack.network.config import BAKED, RUN_TIME, apply_overrides
 
     overrides = [*overrides] + ([] if mirror is None else [f"mirror_average={str(mirror).lower()}"])
-    config = apply_overrides(
-        manifest_config(model_dir, manifest),
+    config, settings = manifest_config(model_dir, manifest)
+    settings = apply_overrides(
+        settings,
         overrides,
+        config,
         allowed=(RUN_TIME,) if runtime == "frozen" else (BAKED, RUN_TIME),
     )
     files = manifest.get("files", {})
@@ -136,13 +139,15 @@ def load_propagator(
             from vostrack.inference.runtimes import FrozenRuntime
 
             backend = FrozenRuntime(
-                model_dir / files["frozen_graph"], config, manifest["tensors"], threads
+                model_dir / files["frozen_graph"], config, settings, manifest["tensors"], threads
             )
         else:
             from vostrack.inference.runtimes import KerasRuntime
             from vostrack.network.vos import load_network
 
-            backend = KerasRuntime(load_network(model_dir, config, files["keras_weights"]))
+            backend = KerasRuntime(
+                load_network(model_dir, config, settings, files["keras_weights"])
+            )
     except (KeyError, OSError, ValueError, TypeError, DecodeError) as exc:
         raise VostrackError(
             f"model {name!r} in {model_dir} is incomplete or damaged "
@@ -155,7 +160,7 @@ def load_propagator(
         "format": fmt,
         "version": manifest.get("version"),
         "backbone": config.backbone,
-        "mirror_average": config.mirror_average,
+        "mirror_average": settings.mirror_average,
     }
     if overrides:
         info["overrides"] = list(overrides)
@@ -166,14 +171,15 @@ def build_propagator(
     runtime: Runtime, mirror: bool | None = None, name: str = "vostrack"
 ) -> Propagator:
     """The propagator for a runtime (the frozen graph or a Keras network): the part path's when
-    the network has one, averaged with the mirror image when ``mirror`` (None: the config's
+    the network has one, averaged with the mirror image when ``mirror`` (None: the settings'
     ``mirror_average``). The one place that choice is made: segment, validate, the benchmarks
     and the trainer's validation all come here."""
     from vostrack.inference.propagator import MatchingPropagator, PartsPropagator
 
-    config = runtime.config
-    propagator = (PartsPropagator if config.parts else MatchingPropagator)(runtime, name=name)
-    if config.mirror_average if mirror is None else mirror:
+    propagator = (PartsPropagator if runtime.config.parts else MatchingPropagator)(
+        runtime, name=name
+    )
+    if runtime.settings.mirror_average if mirror is None else mirror:
         from vostrack.inference.ensemble import MirroredPropagator
 
         propagator = MirroredPropagator(propagator)

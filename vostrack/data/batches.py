@@ -127,16 +127,16 @@ def source_from_path(
         return StaticClipSource(
             path, with_settings(StaticClipConfig, static or StaticClipSettings(), **run)
         )
+    video = video or VideoSamplingSettings()
     dataset = (
-        DavisDataset(path, exclude=exclude)
+        DavisDataset(
+            path, split=video.davis_split, resolution=video.davis_resolution, exclude=exclude
+        )
         if kind == "davis"
-        else YouTubeVOSDataset(path, exclude=exclude)
+        else YouTubeVOSDataset(path, exclude=exclude, use_meta=video.youtube_meta)
     )
     return VideoClipSource(
-        dataset,
-        with_settings(
-            VideoSamplingConfig, video or VideoSamplingSettings(), max_gap=max_gap, **run
-        ),
+        dataset, with_settings(VideoSamplingConfig, video, max_gap=max_gap, **run)
     )
 
 

@@ -275,6 +275,11 @@ class DavisDataset(VideoDataset):
             )
         images = root / "JPEGImages" / resolution
         annotations = root / "Annotations" / resolution
+        if not (images.is_dir() and annotations.is_dir()):
+            raise VostrackError(
+                f"{root}: no JPEGImages/{resolution} and Annotations/{resolution} "
+                "(davis_resolution)"
+            )
         available = sorted(
             p.name for p in annotations.iterdir() if p.is_dir() and (images / p.name).is_dir()
         )
@@ -407,6 +412,12 @@ class VideoSamplingSettings:
     (a random subset of those visible on the reference with ``min_object_pixels``); the
     trainer's own ``max_objects`` then keeps at most that many of them. ``attempts`` draws before
     giving up on a clip with a visible object.
+
+    Which videos: ``davis_split``, the image set of a DAVIS tree to train on
+    (``ImageSets/<year>/<split>.txt``; null: every sequence of the tree), at
+    ``davis_resolution`` (``480p``, ``Full-Resolution``; null: the tree's one, 480p when it has
+    both); ``youtube_meta``: read a YouTube-VOS tree's ``meta.json`` for the objects of each
+    annotated frame (false: find them in the masks).
     """
 
     reference_gap_scale: float = 2.0
@@ -414,10 +425,15 @@ class VideoSamplingSettings:
     max_objects: int = 4
     min_object_pixels: int = 100
     attempts: int = 20
+    davis_split: str | None = "train"
+    davis_resolution: str | None = None
+    youtube_meta: bool = True
 
     def __post_init__(self) -> None:
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        if not isinstance(self.youtube_meta, bool):
+            raise ValueError(f"youtube_meta must be true or false, got {self.youtube_meta!r}")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from vostrack.network.config import MatchingConfig, ModelConfig, working_size
+from vostrack.network.config import InferenceSettings, MatchingSettings, ModelConfig, working_size
 from vostrack.network.matching import UNKNOWN
 from vostrack.network.parts import split_mask
 
@@ -24,6 +24,7 @@ class Runtime(Protocol):
     """The network's graph functions on numpy arrays (see vostrack/network/vos.py)."""
 
     config: ModelConfig
+    settings: InferenceSettings
 
     def run(
         self, function: str, inputs: dict[str, np.ndarray], skip: Collection[str] = ()
@@ -68,21 +69,21 @@ class Memory:
     """The bounded memory of one video, as both propagators keep it: the annotated frames (the
     first never dropped, at most ``max_references``) and the last ``memory_frames`` frames."""
 
-    def __init__(self, config: MatchingConfig):
-        self.config = config
+    def __init__(self, settings: MatchingSettings):
+        self.settings = settings
 
     def with_reference(
         self, previous: MatchingReference | None, ids: tuple[int, ...], encoded: MemoryFrame
     ) -> MatchingReference:
         old_ids = previous.object_ids if previous else ()
         frames = tuple(f.with_objects(old_ids, ids) for f in previous.frames) if previous else ()
-        if len(frames) >= self.config.max_references:
+        if len(frames) >= self.settings.max_references:
             frames = frames[:1] + frames[2:]  # the first annotation is never dropped
         return MatchingReference(ids, frames + (encoded,))
 
     def with_recent(self, state: MatchingState, out: dict[str, np.ndarray]) -> MatchingState:
         recent = state.recent + (MemoryFrame(out["key"], out["grid"]),)
-        return MatchingState(recent[-self.config.memory_frames :])
+        return MatchingState(recent[-self.settings.memory_frames :])
 
 
 class MatchingPropagator:
@@ -92,7 +93,7 @@ class MatchingPropagator:
     def __init__(self, runtime: Runtime, name: str = "vostrack"):
         self.runtime = runtime
         self.name = name
-        self.memory = Memory(runtime.config.matching)
+        self.memory = Memory(runtime.settings.matching)
 
     def encode_reference(
         self, frame: np.ndarray, labels: np.ndarray, previous: MatchingReference | None = None
@@ -237,8 +238,8 @@ class PartsPropagator:
     def __init__(self, runtime: Runtime, name: str = "vostrack"):
         self.runtime = runtime
         self.name = name
-        self.memory = Memory(runtime.config.matching)
-        self.parts_config = runtime.config.parts
+        self.memory = Memory(runtime.settings.matching)
+        self.part_settings = runtime.settings.parts
 
     def encode_reference(
         self, frame: np.ndarray, labels: np.ndarray, previous: PartsReference | None = None
@@ -336,19 +337,19 @@ class PartsPropagator:
     ) -> PartsState:
         boxes = (
             out["part_boxes"]
-            if self.parts_config.track
+            if self.part_settings.track
             else self._reseed(reference.parts, labels, state.part_boxes)
         )
         return PartsState(self.memory.with_recent(state.matching, out), boxes, out["prev_probs"])
 
     # ------------------------------------------------------------------------ helpers
     def _working_labels(self, labels: np.ndarray) -> np.ndarray:
-        h, w, _, _ = working_size(*labels.shape, self.runtime.config)
+        h, w, _, _ = working_size(*labels.shape, self.runtime.settings)
         return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
 
     def _split(self, work: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
         mask = work == k
-        parts = split_mask(mask, self.parts_config.splitting())
+        parts = split_mask(mask, self.part_settings.splitting())
         n = len(parts.valid)
         return (
             parts.boxes.astype(np.float32),

@@ -17,6 +17,7 @@ from vostrack.network.config import (
     MEMORY_INPUTS,
     PART_REFERENCE_INPUTS,
     PART_STEP_INPUTS,
+    InferenceSettings,
     ModelConfig,
     working_size,
 )
@@ -48,6 +49,7 @@ class KerasRuntime:
 
         self.network = network
         self.config: ModelConfig = network.config
+        self.settings: InferenceSettings = network.settings
         self._ops = ops
         parts = bool(network.config.parts)
 
@@ -80,7 +82,7 @@ class KerasRuntime:
     def run(
         self, function: str, inputs: dict[str, np.ndarray], skip: Collection[str] = ()
     ) -> dict[str, np.ndarray]:
-        h, w, hp, wp = working_size(*inputs["frame"].shape[:2], self.config)
+        h, w, hp, wp = working_size(*inputs["frame"].shape[:2], self.settings)
         outputs = self._functions[function](inputs, work_hw=(h, w), pad_hw=(hp, wp))
         return {
             k: np.asarray(self._ops.convert_to_numpy(v))
@@ -97,6 +99,7 @@ class FrozenRuntime:
         self,
         graph_path: Path,
         config: ModelConfig,
+        settings: InferenceSettings,
         tensors: dict[str, dict[str, str]],
         threads: int | None = None,
     ):
@@ -107,7 +110,9 @@ class FrozenRuntime:
 
         from vostrack.serving.export import float32_constants
 
-        self.config = config
+        # The graph holds the settings it was exported with (baked); ``settings`` gives the
+        # run-time ones the propagator reads.
+        self.config, self.settings = config, settings
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(Path(graph_path).read_bytes())
         graph_def = float32_constants(graph_def)  # weights stored as float16, run as float32

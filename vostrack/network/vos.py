@@ -27,7 +27,7 @@ from vostrack.network.aggregation import (
     soft_aggregate_logits,
 )
 from vostrack.network.backbones import get_backbone_builder
-from vostrack.network.config import ModelConfig
+from vostrack.network.config import InferenceSettings, ModelConfig
 from vostrack.network.cosine import l2_normalize
 from vostrack.network.fpn import FeaturePyramid
 from vostrack.network.mask_head import PartMaskHead, crop_part_inputs, crop_reference, mask_windows
@@ -59,7 +59,8 @@ def _edge_pad_bottom_right(x: Any, rows: Any, cols: Any) -> Any:
 
 
 class VosNetwork(keras.Model):
-    """The whole vostrack network, as ``config`` describes it: the matching branch (backbone
+    """The whole vostrack network, as ``config`` describes it and run with ``settings`` (their
+    baked fields; None: the defaults): the matching branch (backbone
     features as matching keys, label propagation from the memory) and, when ``config.parts`` is
     set, the part path on top of it (FPN, part tracker, per-part mask head, paste-back and soft
     aggregation); with ``config.parts`` None it is the matching branch alone.
@@ -72,9 +73,16 @@ class VosNetwork(keras.Model):
     package, the ``train`` extra); None builds it randomly initialised (to load saved weights).
     """
 
-    def __init__(self, config: ModelConfig, weights: str | None = "imagenet", **kwargs: Any):
+    def __init__(
+        self,
+        config: ModelConfig,
+        settings: InferenceSettings | None = None,
+        weights: str | None = "imagenet",
+        **kwargs: Any,
+    ):
         super().__init__(name=kwargs.pop("name", "vos_network"), **kwargs)
         self.config = config
+        self.settings = (settings or InferenceSettings()).check(config)
         builder = get_backbone_builder(config.backbone)
         backbone = builder(weights=weights)
         self._normalize = importlib.import_module(builder.__module__).normalize_images
@@ -90,7 +98,7 @@ class VosNetwork(keras.Model):
             self.tracker = PartTracker(
                 stride=self.stride,
                 template_size=p.template_size,
-                search_size=p.search_size,
+                search_size=self.settings.parts.search_size,
                 use_offsets=False,
                 name="tracker",
                 dtype="float32",
@@ -142,7 +150,7 @@ class VosNetwork(keras.Model):
                 "prev_probs": ref["prev_probs"],
             },
         )
-        if not self.config.parts.track:  # unused, but the weights file keeps it: one file
+        if not self.settings.parts.track:  # unused, but the weights file keeps it: one file
             self.tracker.track(
                 ref["key"][None],
                 ref["templates"],
@@ -288,7 +296,7 @@ class VosNetwork(keras.Model):
         tracker's ``response``, ``offsets`` and ``search_windows``. ``features`` as in
         :meth:`encode_reference`.
         """
-        m = self.config.matching
+        m = self.settings.matching
         out = features if features is not None else self.features(frame, work_hw, pad_hw)
         grid = propagate_labels(
             out["key"],
@@ -319,7 +327,7 @@ class VosNetwork(keras.Model):
         fine_hw = (pad_hw[0] // 4, pad_hw[1] // 4)
         objects = ops.cast(parts["part_object"], "int32")
         zeros = ops.zeros_like(objects)
-        if self.config.parts.track:
+        if self.settings.parts.track:
             tracked = self.tracker.track(
                 out["key"][None],
                 parts["templates"],
@@ -408,8 +416,10 @@ class VosNetwork(keras.Model):
         return ops.transpose(pooled[..., 0], (1, 2, 0))
 
 
-def load_network(model_dir: Any, config: ModelConfig, weights_file: str) -> VosNetwork:
+def load_network(
+    model_dir: Any, config: ModelConfig, settings: InferenceSettings, weights_file: str
+) -> VosNetwork:
     """The network of a model folder, from its Keras weights (no ImageNet package needed)."""
-    network = VosNetwork(config, weights=None)
+    network = VosNetwork(config, settings, weights=None)
     network.load_weights(str(Path(model_dir) / weights_file))
     return network

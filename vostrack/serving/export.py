@@ -30,7 +30,12 @@ import vostrack
 from vostrack.errors import VostrackError
 from vostrack.io.atomic import write_json
 from vostrack.io.disk import write_failure
-from vostrack.network.config import PART_REFERENCE_INPUTS, PART_STEP_INPUTS, ModelConfig
+from vostrack.network.config import (
+    PART_REFERENCE_INPUTS,
+    PART_STEP_INPUTS,
+    InferenceSettings,
+    model_to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +54,17 @@ HALF_MIN_ELEMENTS = 256
 HALF_MAX_ERROR = 1e-3
 
 
-def tf_working_size(height: Any, width: Any, config: ModelConfig) -> tuple[tuple, tuple]:
+def tf_working_size(height: Any, width: Any, settings: InferenceSettings) -> tuple[tuple, tuple]:
     """TF-ops twin of :func:`vostrack.network.config.working_size` (tests check they agree)."""
     import tensorflow as tf
 
-    if config.working_short_side is None:
+    if settings.working_short_side is None:
         h, w = height, width
     else:
-        scale = config.working_short_side / tf.cast(tf.minimum(height, width), tf.float64)
+        scale = settings.working_short_side / tf.cast(tf.minimum(height, width), tf.float64)
         h = tf.cast(tf.floor(tf.cast(height, tf.float64) * scale + 0.5), tf.int32)
         w = tf.cast(tf.floor(tf.cast(width, tf.float64) * scale + 0.5), tf.int32)
-    m = config.pad_multiple
+    m = settings.pad_multiple
     return (h, w), ((h + m - 1) // m * m, (w + m - 1) // m * m)
 
 
@@ -73,7 +78,7 @@ def serving_functions(network: Any) -> dict[str, Any]:
     frame_spec = spec([None, None, 3], tf.uint8, name="frame")
 
     def sizes(frame):
-        return tf_working_size(tf.shape(frame)[0], tf.shape(frame)[1], config)
+        return tf_working_size(tf.shape(frame)[0], tf.shape(frame)[1], network.settings)
 
     part_specs = {}
     if config.parts:
@@ -371,7 +376,7 @@ def export_model(
         if saved_model:
             saved_model_from_graph(graph_def, tensors, functions, tmp / SAVED_MODEL)
             files["saved_model"] = SAVED_MODEL
-        config = network.config
+        config, settings = network.config, network.settings
         write_json(
             tmp / "manifest.json",
             {
@@ -379,15 +384,15 @@ def export_model(
                 "name": name,
                 "version": vostrack.__version__,
                 "backbone": config.backbone,
-                "config": config.to_dict(),
+                "config": model_to_dict(config, settings),
                 "preprocessing": {
                     "input": "uint8 RGB frame (H, W, 3), any size",
                     "resize": (
-                        f"short side to {config.working_short_side} px (bilinear, antialiased)"
-                        if config.working_short_side
+                        f"short side to {settings.working_short_side} px (bilinear, antialiased)"
+                        if settings.working_short_side
                         else "none"
                     ),
-                    "pad": f"edge values, bottom/right, to a multiple of {config.pad_multiple}",
+                    "pad": f"edge values, bottom/right, to a multiple of {settings.pad_multiple}",
                     "normalisation": "backbone's own, inside the graph",
                 },
                 "files": files,

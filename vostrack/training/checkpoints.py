@@ -43,7 +43,7 @@ from vostrack.io.atomic import current_umask, write_json, write_text
 from vostrack.training.config import BACKBONE, TrainConfig
 
 if TYPE_CHECKING:
-    from vostrack.network.config import ModelConfig
+    from vostrack.network.config import InferenceSettings
 
 log = logging.getLogger(__name__)
 
@@ -301,13 +301,14 @@ def checkpoint_config(path: Path) -> tuple[Path, TrainConfig]:
     return path, TrainConfig.from_dict(read_state(path)["config"])
 
 
-def checkpoint_network(path: Path, model: ModelConfig | None = None) -> Any:
-    """The network of a checkpoint (or of a run folder's latest one), for export: built with
-    ``model`` (the config it was trained with, with other inference settings: they do not change
-    the weights) or the trained config itself, every variable restored by its path."""
+def checkpoint_network(path: Path, settings: InferenceSettings | None = None) -> Any:
+    """The network of a checkpoint (or of a run folder's latest one), for export: its trained
+    architecture run with ``settings`` (None: the training config's; they do not change the
+    weights), every variable restored by its path."""
     from vostrack.network.vos import VosNetwork
 
     path, config = checkpoint_config(path)
-    network = VosNetwork(config.model if model is None else model, weights=None)
+    settings = config.settings if settings is None else settings
+    network = VosNetwork(config.model, settings, weights=None)
     restore_network(network, path)
     return network

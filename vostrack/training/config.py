@@ -33,7 +33,7 @@ from vostrack.data.procedural import ProceduralClipSettings
 from vostrack.data.static_clips import StaticClipSettings
 from vostrack.data.video_datasets import VideoSamplingSettings
 from vostrack.errors import VostrackError
-from vostrack.network.config import ModelConfig, PartsModelConfig
+from vostrack.network.config import InferenceSettings, ModelConfig, model_from_dict
 
 # bfloat16 keeps float32's exponent range, so it needs no loss scaling (float16 would: a
 # LossScaleOptimizer around both optimizers); every GPU this trains on (Ampere, Hopper) has it.
@@ -71,9 +71,10 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="vostrack-parts", parts=PartsModelConfig())
-    )
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="vostrack-parts"))
+    #: How validation runs the network, and the settings an export of it starts from (the
+    #: part settings also split the training masks into parts).
+    settings: InferenceSettings = field(default_factory=InferenceSettings)
     data: tuple[DataSpec, ...] = (DataSpec("procedural"),)
     exclude: tuple[str, ...] = ()  # sequence names never to train on (e.g. DAVIS val)
     size: int = 384
@@ -141,7 +142,7 @@ class TrainConfig:
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
             ),
             (
-                not self.model.parts or self.model.parts.track,
+                not self.model.parts or self.settings.parts.track,
                 "parts.track false is an inference setting (the tracking loss needs the tracker): "
                 "train with it and export with --no-part-tracker",
             ),
@@ -170,6 +171,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise VostrackError(f"training config: {message}")
+        try:
+            self.settings.check(self.model)
+        except VostrackError as exc:
+            raise VostrackError(f"training config: {exc}") from None
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -178,8 +183,11 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
         _refuse_unknown(cls, data, "")
-        if "model" in data:
-            data["model"] = ModelConfig.from_dict(data["model"])
+        if "model" in data:  # a model file's mapping: its settings too (an earlier layout)
+            data["model"], settings = model_from_dict(data["model"])
+            data.setdefault("settings", settings)
+        if isinstance(data.get("settings"), dict):
+            data["settings"] = InferenceSettings.from_dict(data["settings"])
         if "data" in data:
             data["data"] = tuple(
                 DataSpec(**d) if isinstance(d, dict) else DataSpec(str(d)) for d in data["data"]

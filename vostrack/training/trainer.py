@@ -34,7 +34,6 @@ import numpy as np
 from vostrack.data.prefetch import Prefetcher
 from vostrack.errors import InterruptedRun, VostrackError
 from vostrack.io.disk import write_failure
-from vostrack.network.config import PartsModelConfig
 from vostrack.training.checkpoints import (
     network_arrays,
     optimizer_arrays,
@@ -73,7 +72,7 @@ def training_batches(config: TrainConfig) -> Any:
         )
         for d in c.data
     ]
-    parts = c.model.parts or PartsModelConfig()  # batches hold parts whatever the model
+    parts = c.settings.parts  # batches hold parts whatever the model
     return ClipBatches(
         MixedSource(sources) if len(sources) > 1 else sources[0][0],
         LoaderConfig(
@@ -141,7 +140,9 @@ class Trainer:
             ):
                 if path is not None and not Path(path).exists():
                     raise VostrackError(f"--{option.replace('_', '-')} {path}: not found")
-        self.network = VosNetwork(config.model, weights="imagenet" if imagenet else None)
+        self.network = VosNetwork(
+            config.model, config.settings, weights="imagenet" if imagenet else None
+        )
         if initial_weights and config.backbone_weights is not None:
             self._load_backbone_weights(Path(config.backbone_weights))
         if initial_weights and config.init is not None:
