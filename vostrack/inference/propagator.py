@@ -15,8 +15,13 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from vostrack.network.config import InferenceSettings, MatchingSettings, ModelConfig, working_size
-from vostrack.network.matching import UNKNOWN
+from vostrack.network.config import (
+    UNKNOWN,
+    InferenceSettings,
+    MatchingSettings,
+    ModelConfig,
+    working_size,
+)
 from vostrack.network.parts import split_mask
 
 

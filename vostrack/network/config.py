@@ -33,6 +33,10 @@ MEMORY_INPUTS = (
     "recent_probs",
     "recent_valid",
 )
+#: Memory probability of an object a memory frame never saw (older than the object's first
+#: annotation): the graph's matching reads it as "no vote" (vostrack.network.matching.read_votes).
+#: Defined here, not in the matching module, so that the propagators need no keras.
+UNKNOWN = -1.0
 #: Inputs of the part path (beyond frame, probs and the memory), per function.
 PART_REFERENCE_INPUTS = ("part_boxes", "part_object", "part_valid")
 PART_STEP_INPUTS = (

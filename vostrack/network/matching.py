@@ -15,8 +15,10 @@ from typing import Any
 
 from keras import ops
 
+from vostrack.network.config import UNKNOWN
+
 _DISALLOWED = -1e4  # affinity given to candidates a query may not match (softmax weight 0)
-UNKNOWN = -1.0  # memory probability of an object the frame never saw (see read_votes)
+__all__ = ["KEY_EPSILON", "UNKNOWN", "propagate_labels", "read_votes", "window_indices"]
 #: The epsilon of the keys' L2 normalisation (:func:`vostrack.network.cosine.l2_normalize`, in
 #: its division form): the one the shipped models were exported with.
 KEY_EPSILON = 1e-12
