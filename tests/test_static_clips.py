@@ -250,3 +250,36 @@ def test_no_pairs_is_a_one_line_error(tmp_path):
     with pytest.raises(VostrackError) as info:
         StaticClipSource(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_an_ecssd_layout_tree_makes_clips(tmp_path):
+    """ECSSD's layout: ``images/NNNN.jpg`` photos and ``masks/NNNN.png`` grayscale 0/255 masks
+    of the same size; a 0/255 mask saved with a palette (as some tools write them) is the same
+    one object, not void."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    truths = {}
+    for index, (stem, (colour, shape)) in enumerate(OBJECTS.items(), start=1):
+        truth = _write(tmp_path, stem, colour, shape, rng, jpeg_mask=False)
+        name = f"{index:04d}"
+        image = cv2.imread(str(tmp_path / "images" / f"{stem}.png"))
+        cv2.imwrite(str(tmp_path / "images" / f"{name}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        (tmp_path / "images" / f"{stem}.png").unlink()
+        (tmp_path / "masks" / f"{stem}.png").rename(tmp_path / "masks" / f"{name}.png")
+        truths[name] = truth
+    palette = Image.fromarray(np.where(truths["0003"], 255, 0).astype(np.uint8)).convert("P")
+    palette.save(tmp_path / "masks" / "0003.png")
+    assert Image.open(tmp_path / "masks" / "0003.png").mode == "P"
+    pairs = find_image_mask_pairs(tmp_path)
+    assert [(i.name, m.name) for i, m in pairs] == [
+        (f"000{k}.jpg", f"000{k}.png") for k in (1, 2, 3)
+    ]
+    for image_path, mask_path in pairs:
+        image, labels, count = read_image_mask(image_path, mask_path)
+        assert count == 1 and image.shape[:2] == labels.shape
+        np.testing.assert_array_equal(labels == 1, truths[image_path.stem])
+    source = StaticClipSource(tmp_path, _config(num_frames=4))
+    for seed in range(3):
+        clip = source.sample(np.random.default_rng(seed))
+        assert clip.frames.shape == (4, *SIZE, 3) and clip.num_objects >= 1

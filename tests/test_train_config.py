@@ -166,3 +166,118 @@ def test_the_video_section_chooses_the_davis_image_set_and_youtube_meta(tmp_path
 def _written(path, data):
     path.write_text(json.dumps(data))
     return path
+
+
+def test_sequence_lists_come_from_files_and_are_recorded_as_names(tmp_path):
+    from tests.test_video_datasets import write_davis
+
+    davis = write_davis(tmp_path / "davis", ["a", "b", "c", "d"], num_frames=4)
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text("c\n\n  d \nc\n")
+    values = {
+        "data": [{"path": str(davis)}],
+        "size": 64,
+        "steps": 10,
+        "warmup_steps": 1,
+        "video": {"davis_split": None},
+        "exclude": ["a", f"@{held_out}"],
+        "val": str(davis),
+        "val_sequences": f"@{held_out}",
+    }
+    config = TrainConfig.from_dict(values)
+    assert config.exclude == ("a", "c", "d") and config.val_sequences == ("c", "d")
+    assert training_batches(config).source.dataset.names == ["b"]
+    # The run records the names: a resumed run trains on them whatever becomes of the file.
+    written = json.loads(json.dumps(config.to_dict()))
+    assert written["exclude"] == ["a", "c", "d"] and written["val_sequences"] == ["c", "d"]
+    held_out.unlink()
+    assert TrainConfig.from_dict(written) == config
+    # --exclude @FILE on the command line is an override of the same field.
+    other = tmp_path / "other.txt"
+    other.write_text("b\n")
+    plain = TrainConfig.from_dict({"steps": 10, "warmup_steps": 1})
+    changed = dataclasses.replace(plain, exclude=(f"@{other}",))
+    assert changed.exclude == ("b",)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    run = tmp_path / "run"
+    fails(
+        ["train", "--data", davis, "--exclude", f"@{tmp_path / 'nope.txt'}", "--out", run],
+        "training config: exclude: no sequence list file",
+        "nope.txt",
+    )
+    path = _written(tmp_path / "c.json", {"val_sequences": [f"@{empty}"]})
+    fails(["train", "--config", path, "--out", run], "val_sequences:", "lists no sequences")
+    assert not run.exists()
+
+
+def test_validating_on_training_data_needs_the_sequences_held_out(tmp_path):
+    from tests.test_video_datasets import write_davis
+
+    davis = write_davis(tmp_path / "davis", ["a", "b"], num_frames=4)
+    base = {"data": [str(davis), "procedural"], "steps": 10, "warmup_steps": 1}
+    for refused in (
+        {"val": str(davis)},
+        {"val": str(davis / ".." / "davis"), "val_sequences": ["b"]},
+        {"val": str(davis), "val_sequences": ["a", "b"], "exclude": ["b"]},
+    ):
+        path = _written(tmp_path / "bad.json", {**base, **refused})
+        fails(["train", "--config", path, "--out", tmp_path / "run"], "is training data too")
+    held_out = TrainConfig.from_dict(
+        {**base, "val": str(davis), "val_sequences": ["b"], "exclude": ["b"]}
+    )
+    assert held_out.val_sequences == ("b",)
+    other_tree = TrainConfig.from_dict({**base, "val": str(tmp_path / "elsewhere")})
+    assert other_tree.val_sequences == ()
+
+
+def test_long_clips_and_large_gaps_from_the_config(tmp_path):
+    from tests.test_video_datasets import write_davis
+
+    davis = write_davis(tmp_path / "davis", ["a"], num_frames=40)
+    config = TrainConfig.from_dict(
+        {
+            "data": [str(davis)],
+            "size": 64,
+            "batch_size": 2,
+            "num_frames": 6,
+            "max_gap": [12, 14],
+            "steps": 10,
+            "warmup_steps": 1,
+            "video": {"davis_split": None, "reference_gap_scale": 1.5},
+        }
+    )
+    source = training_batches(config).source
+    assert source.config.num_frames == 6 and source.config.max_gap == GapSchedule(12, 14, 10)
+    assert source.config.reference_gap_scale == 1.5
+    batch = training_batches(config).batch_at_step(9)
+    assert batch["frames"].shape == (2, 6, 64, 64, 3) and batch["part_boxes"].shape[1] == 6
+
+
+def test_the_davis2016_train_validation_part_and_its_config(monkeypatch):
+    from pathlib import Path
+
+    import pytest
+
+    from tests.conftest import SHARED_DATA
+    from vostrack.data.pasted_objects import PastedObjectsSource
+    from vostrack.evaluation.davis import DavisTree
+
+    train, dev = SHARED_DATA / "davis2016-train", SHARED_DATA / "davis2016-dev"
+    if not (train.is_dir() and dev.is_dir()):
+        pytest.skip(f"needs the shared data ({SHARED_DATA}), absent here")
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)  # config paths are relative to the repository root
+    split = repo / "configs" / "splits" / "davis2016-train-val.txt"
+    names = split.read_text().split()
+    listed = (train / "ImageSets" / "2016" / "train.txt").read_text().split()
+    assert 5 <= len(names) <= 8 and set(names) < set(listed)
+    assert not set(names) & set(DavisTree(dev).sequences())
+    # `vostrack validate --image-set` reads the same file.
+    assert DavisTree(train).sequences(set_file=split) == names
+    config = TrainConfig.from_dict(json.loads((repo / "configs/train-cpu-split.json").read_text()))
+    assert config.val_sequences == tuple(names) and set(names) <= set(config.exclude)
+    assert config.num_frames >= 5 and config.max_gap[1] > 10
+    video = training_batches(config).source.sources[0]
+    assert isinstance(video, PastedObjectsSource)
+    assert sorted(video.base.dataset.names) == sorted(set(listed) - set(names))

@@ -332,3 +332,23 @@ def test_single_video_folder_and_too_few_annotations(tmp_path):
     with pytest.raises(VostrackError) as info:
         VideoClipSource(dataset, VideoSamplingConfig(augment=IDENTITY))
     assert "3 annotated frames" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_long_clips_with_gaps_above_ten(tmp_path):
+    root = write_davis(tmp_path, ["a"], num_frames=42)
+    config = VideoSamplingConfig(
+        num_frames=6, max_gap=12, reference_gap_scale=1.5, reverse=0.5, augment=IDENTITY
+    )
+    source = VideoClipSource(DavisDataset(root, split=None), config)
+    firsts, others = [], []
+    for seed in range(30):
+        clip = source.sample(np.random.default_rng(seed))
+        assert clip.frames.shape == (6, HEIGHT, WIDTH, 3)
+        frames = _frame_indices(clip)
+        assert frames == [int(n) for n in clip.name.split(":")[1].split(",")]
+        gaps = np.abs(np.diff(frames))
+        assert np.all(gaps >= 1) and gaps[0] <= 18 and np.all(gaps[1:] <= 12)
+        firsts.append(gaps[0])
+        others.extend(gaps[1:])
+        _assert_ids_follow_objects(clip)
+    assert max(others) > 10 and max(firsts) > 12

@@ -44,6 +44,7 @@ from vostrack.data.procedural import ProceduralClipConfig, ProceduralClipSetting
 from vostrack.network.parts import PartsConfig
 
 if TYPE_CHECKING:
+    from vostrack.data.pasted_objects import PasteSettings
     from vostrack.data.static_clips import StaticClipSettings
     from vostrack.data.video_datasets import VideoSamplingSettings
 
@@ -102,10 +103,17 @@ def source_from_path(
     video: VideoSamplingSettings | None = None,
     static: StaticClipSettings | None = None,
     procedural: ProceduralClipSettings | None = None,
+    paste: PasteSettings | None = None,
+    paste_from: Sequence[str | Path] = (),
 ) -> ClipSource:
     """The source for one ``--data`` argument, its kind found by
     :func:`~vostrack.data.video_datasets.detect_source`: frames per clip, gaps and augmentation
-    as the run says, and the settings of that kind of source (defaults where None)."""
+    as the run says, and the settings of that kind of source (defaults where None).
+
+    A video source with ``paste.probability`` above 0 pastes objects on its clips
+    (:class:`~vostrack.data.pasted_objects.PastedObjectsSource`), cut from the trees
+    ``paste.objects`` names or, when it names none, from the images+masks folders among
+    ``paste_from`` (the run's data)."""
     from vostrack.data.static_clips import StaticClipConfig, StaticClipSource
     from vostrack.data.video_datasets import (
         DavisDataset,
@@ -135,9 +143,36 @@ def source_from_path(
         if kind == "davis"
         else YouTubeVOSDataset(path, exclude=exclude, use_meta=video.youtube_meta)
     )
-    return VideoClipSource(
+    source = VideoClipSource(
         dataset, with_settings(VideoSamplingConfig, video, max_gap=max_gap, **run)
     )
+    if paste is None or paste.probability <= 0:
+        return source
+    return _with_pasted_objects(source, paste, paste_from)
+
+
+def _with_pasted_objects(
+    source: ClipSource, paste: PasteSettings, paste_from: Sequence[str | Path]
+) -> ClipSource:
+    from vostrack.data.pasted_objects import PastedObjectsSource
+    from vostrack.data.static_clips import find_image_mask_pairs
+    from vostrack.data.video_datasets import detect_source
+    from vostrack.errors import VostrackError
+
+    trees = list(paste.objects) or [
+        p for p in paste_from if str(p) != "procedural" and detect_source(p) == "images-masks"
+    ]
+    if not trees:
+        raise VostrackError(
+            "paste: no images+masks folder to cut objects from (name them in paste.objects, "
+            "or train on one)"
+        )
+    pairs = []
+    for tree in trees:
+        if detect_source(tree) != "images-masks":
+            raise VostrackError(f"paste.objects: {tree} is not a folder with images/ and masks/")
+        pairs.extend(find_image_mask_pairs(tree))
+    return PastedObjectsSource(source, pairs, paste)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,7 +22,10 @@ Pixels outside a source image are VOID. Then the flip and colour jitter shared b
 
 Masks may be JPEG (grayscale, thresholded at 128) and smaller than their image: they are scaled
 up bilinearly *before* thresholding (a smooth outline, where scaling the thresholded mask with
-nearest neighbour would leave 2-3 px stairs), or palette PNGs whose index is the object id.
+nearest neighbour would leave 2-3 px stairs), grayscale PNGs (ECSSD's 0/255 masks, the same
+size as the photo), or palette PNGs whose index is the object id. A palette PNG that holds only
+indices 0 and 255 is a 0/255 mask saved with a palette, one object, as DAVIS-2016's masks are
+read (vostrack/data/video_datasets.py); read as ids, all of it would be void.
 """
 
 from __future__ import annotations
@@ -90,8 +93,9 @@ def find_image_mask_pairs(root: str | Path) -> list[tuple[Path, Path]]:
 def read_image_mask(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """(image RGB uint8 (H, W, 3), labels uint8 (H, W), number of objects).
 
-    A palette PNG keeps its indices (ids 1..K, 255 void); any other mask is grayscale, scaled to
-    the image size bilinearly and thresholded at 128 into one object.
+    A palette PNG keeps its indices (ids 1..K, 255 void), unless they are only 0 and 255 (a
+    0/255 mask with a palette); any other mask is grayscale, scaled to the image size
+    bilinearly and thresholded at 128 into one object.
     """
     image = read_image_rgb(image_path)
     height, width = image.shape[:2]
@@ -103,6 +107,9 @@ def read_image_mask(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.n
         with Image.open(mask_path) as im:
             if im.mode == "P":
                 palette = np.array(im, dtype=np.uint8)
+    gray = None
+    if palette is not None and palette.any() and np.isin(palette, (0, VOID)).all():
+        gray, palette = palette, None  # the grayscale reading below: one object
     if palette is not None:
         labels = palette
         if labels.shape != (height, width):
@@ -114,7 +121,8 @@ def read_image_mask(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.n
         lut[VOID] = VOID
         lut[ids] = np.arange(1, len(ids) + 1, dtype=np.uint8)
         return image, lut[labels], len(ids)
-    gray = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    if gray is None:
+        gray = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if gray is None:
         raise VostrackError(f"{mask_path}: not a readable mask image")
     if gray.shape != (height, width):

@@ -11,10 +11,16 @@ config written before a field existed still means what it meant (and gives the s
 The data sections are the data modules' own settings dataclasses (one home per setting):
 ``augment`` (:class:`~vostrack.data.clips.AugmentSettings`, the output size being ``size``),
 ``video`` (:class:`~vostrack.data.video_datasets.VideoSamplingSettings`), ``static``
-(:class:`~vostrack.data.static_clips.StaticClipSettings`) and ``procedural``
-(:class:`~vostrack.data.procedural.ProceduralClipSettings`); frames per clip (``num_frames``)
-and the frame gap schedule (``max_gap`` over ``steps``) stay at the top, as every source shares
-them.
+(:class:`~vostrack.data.static_clips.StaticClipSettings`), ``procedural``
+(:class:`~vostrack.data.procedural.ProceduralClipSettings`) and ``paste``
+(:class:`~vostrack.data.pasted_objects.PasteSettings`, objects cut from still images pasted
+onto video clips); frames per clip (``num_frames``) and the frame gap schedule (``max_gap`` over
+``steps``) stay at the top, as every source shares them.
+
+Sequence lists (``exclude``, ``val_sequences``) may name a list file, ``"@path/to/list.txt"``
+(one name a line, as DAVIS's ImageSets files, so `vostrack validate --image-set` reads the same
+file): its names replace the entry when the config is made, so a run's ``config.json`` records
+the sequences themselves and a resumed run keeps them whatever becomes of the file.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vostrack.data.clips import AugmentSettings
+from vostrack.data.pasted_objects import PasteSettings
 from vostrack.data.procedural import ProceduralClipSettings
 from vostrack.data.static_clips import StaticClipSettings
 from vostrack.data.video_datasets import VideoSamplingSettings
@@ -76,7 +84,8 @@ class TrainConfig:
     #: part settings also split the training masks into parts).
     settings: InferenceSettings = field(default_factory=InferenceSettings)
     data: tuple[DataSpec, ...] = (DataSpec("procedural"),)
-    exclude: tuple[str, ...] = ()  # sequence names never to train on (e.g. DAVIS val)
+    #: Sequence names never to train on (e.g. DAVIS val); ``"@FILE"`` entries: a list file's.
+    exclude: tuple[str, ...] = ()
     size: int = 384
     num_frames: int = 3
     batch_size: int = 4
@@ -102,6 +111,7 @@ class TrainConfig:
     precision: str = "float32"  # or "mixed_bfloat16": backbone + FPN in bfloat16 (GPU)
     val: str | None = None  # a DAVIS tree scored every val_every steps (never train on it)
     val_every: int = 1000
+    #: The sequences of ``val`` to score (``"@FILE"`` entries: a list file's); () every one.
     val_sequences: tuple[str, ...] = ()
     init: str | None = None  # network weights (.weights.h5 or a checkpoint folder) to start from
     #: With ``init`` a checkpoint folder: take only the variables whose path starts with one of
@@ -114,8 +124,11 @@ class TrainConfig:
     video: VideoSamplingSettings = field(default_factory=VideoSamplingSettings)
     static: StaticClipSettings = field(default_factory=StaticClipSettings)
     procedural: ProceduralClipSettings = field(default_factory=ProceduralClipSettings)
+    paste: PasteSettings = field(default_factory=PasteSettings)
 
     def __post_init__(self) -> None:
+        for key in ("exclude", "val_sequences"):
+            object.__setattr__(self, key, expand_sequence_lists(getattr(self, key), key))
         backbone = self.model.backbone
         checks = [
             (self.steps >= 1, f"steps must be at least 1, got {self.steps}"),
@@ -137,6 +150,14 @@ class TrainConfig:
             (self.bootstrap[0] <= self.bootstrap[1], "bootstrap: start must not exceed end"),
             (bool(self.data), "no training data"),
             (self.workers >= 0 and self.devices >= 0, "workers and devices must be >= 0"),
+            (
+                self.val is None
+                or not _trains_on(self.data, self.val)
+                or (bool(self.val_sequences) and set(self.val_sequences) <= set(self.exclude)),
+                f"val {self.val} is training data too: validate on sequences held out of "
+                "training, the same list in val_sequences and exclude (e.g. both "
+                "'@configs/splits/davis2016-train-val.txt')",
+            ),
             (
                 self.precision in PRECISIONS,
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
@@ -192,16 +213,51 @@ class TrainConfig:
             data["data"] = tuple(
                 DataSpec(**d) if isinstance(d, dict) else DataSpec(str(d)) for d in data["data"]
             )
-        if isinstance(data.get("init_only"), str):  # one prefix, not its letters
-            data["init_only"] = [data["init_only"]]
+        for key in ("init_only", "exclude", "val_sequences"):
+            if isinstance(data.get(key), str):  # one entry, not its letters
+                data[key] = [data[key]]
         for key in ("exclude", "val_sequences", "max_gap", "bootstrap", "init_only"):
             if key in data and data[key] is not None:
                 data[key] = tuple(data[key])
         hints = typing.get_type_hints(cls)
-        for key in ("augment", "video", "static", "procedural"):
+        for key in ("augment", "video", "static", "procedural", "paste"):
             if key in data:
                 data[key] = _section(hints[key], data[key], key)
         return cls(**data)
+
+
+def read_sequence_list(path: str | Path, where: str = "sequence list") -> list[str]:
+    """The names a sequence list file holds, one a line (blank lines skipped), in order and
+    without repeats; a one-line :class:`VostrackError` when it cannot be read or lists none."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VostrackError(f"training config: {where}: no sequence list file {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise VostrackError(f"training config: {where}: cannot read {path} ({reason})") from None
+    names = list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    if not names:
+        raise VostrackError(f"training config: {where}: {path} lists no sequences")
+    return names
+
+
+def expand_sequence_lists(entries: Any, where: str) -> tuple[str, ...]:
+    """``entries`` (sequence names) with each ``"@FILE"`` replaced by the names FILE lists."""
+    if isinstance(entries, str):
+        entries = (entries,)
+    names: list[str] = []
+    for entry in entries:
+        entry = str(entry)
+        names.extend(read_sequence_list(entry[1:], where) if entry.startswith("@") else [entry])
+    return tuple(dict.fromkeys(names))
+
+
+def _trains_on(data: tuple[DataSpec, ...], tree: str) -> bool:
+    # resolve() needs no existing path: the same folder written two ways still compares equal.
+    target = Path(tree).resolve()
+    return any(d.path != "procedural" and Path(d.path).resolve() == target for d in data)
 
 
 def _refuse_unknown(cls: type, data: dict, where: str) -> None:

@@ -67,6 +67,8 @@ def training_batches(config: TrainConfig) -> Any:
                 video=c.video,
                 static=c.static,
                 procedural=c.procedural,
+                paste=c.paste,
+                paste_from=[d.path for d in c.data],
             ),
             d.weight,
         )
