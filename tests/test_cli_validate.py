@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -50,6 +51,22 @@ def test_segment_then_score_with_the_double(tmp_path, double):
     assert [r[:2] for r in rows[1:]] == [["one", "1"], ["two", "1"], ["two", "2"], ["ALL", ""]]
     assert float(rows[-1][2]) > 0.9  # the double tracks flat squares
     assert "one" in result.output and "two" in result.output
+
+
+def test_the_middle_frame_protocol_propagates_both_ways(tmp_path, double):
+    labels = make_tree(tmp_path / "tree", num_frames=9)
+    out = tmp_path / "segs"
+    args = ["validate", "--data", str(tmp_path / "tree"), "--output", str(out), "-q"]
+    result = CliRunner().invoke(cli, [*args, "--annotated-frame", "middle"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "two" / "summary.json").read_text())
+    assert [a["frame"] for a in summary["annotations"]] == [4]  # the middle of 9 frames
+    first = read_label_png(out / "two" / "00000.png")  # propagated backward from frame 4
+    for k in (1, 2):
+        overlap = ((first == k) & (labels[0] == k)).sum() / ((first == k) | (labels[0] == k)).sum()
+        assert overlap > 0.8, k
+    table = result.output.splitlines()
+    assert float(next(r for r in table if r.startswith("ALL")).split()[2]) > 0.9
 
 
 def test_sequences_option_and_default_temp_output(tmp_path, double):

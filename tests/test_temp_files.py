@@ -148,6 +148,7 @@ def test_a_resumed_run_removes_what_a_killed_run_left(tmp_path, squares, double)
         path.write_bytes(b"half")
     (out / "my-notes.txt").write_text("mine")
     double.interrupt_at = None
-    assert run("segment", video, "--mask", mask, "-o", out, "-q", "--resume").exit_code == 0
+    resumed = run("segment", video, "--mask", mask, "-o", out, "-q", "--resume")
+    assert resumed.exit_code == 0, resumed.output
     assert not any(p.exists() for p in leftovers)
     assert (out / "my-notes.txt").read_text() == "mine"

@@ -195,7 +195,8 @@ def test_train_command_validation_ctrl_c_resume_and_export(tmp_path, monkeypatch
     )
     assert exported.exit_code == 0, exported.output
     manifest = json.loads((model / "manifest.json").read_text())
-    assert manifest["config"]["parts"]["max_parts"] == 2 and (model / "frozen.pb").is_file()
+    assert manifest["config"]["settings"]["parts"]["max_parts"] == 2
+    assert (model / "frozen.pb").is_file()
     more = CliRunner().invoke(
         cli,
         [

@@ -386,17 +386,34 @@ class Report:
         }
 
 
-def _scored_frames(tree: DavisTree, seq: str) -> list[str]:
+ANNOTATED = ("first", "middle")
+
+
+def given_frame(tree: DavisTree, seq: str, annotated: str = "first") -> str:
+    """The annotated frame whose mask a run is given: the first (the official protocol) or the
+    middle one (masks then propagate both ways)."""
+    if annotated not in ANNOTATED:
+        raise VostrackError(f"the annotated frame is first or middle, not {annotated!r}")
+    frames = tree.frame_names(seq)
+    return frames[0] if annotated == "first" else frames[len(frames) // 2]
+
+
+def _scored_frames(tree: DavisTree, seq: str, annotated: str = "first") -> list[str]:
+    """The official protocol scores every frame but the first (given) and the last; with the
+    middle frame given, that frame is not scored either."""
     frames = tree.frame_names(seq)
     if len(frames) < 3:
         raise VostrackError(
             f"sequence '{seq}' has {len(frames)} annotated frame(s); scoring drops the first "
             f"and last frame, so it needs at least 3"
         )
-    return frames[1:-1]
+    given = given_frame(tree, seq, annotated)
+    return [f for f in frames[1:-1] if f != given]
 
 
-def check_results(tree: DavisTree, results_dir: str | Path, sequences: Sequence[str]) -> None:
+def check_results(
+    tree: DavisTree, results_dir: str | Path, sequences: Sequence[str], annotated: str = "first"
+) -> None:
     """Fail fast, before any scoring, when a sequence folder or frame of the results is missing."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -405,7 +422,7 @@ def check_results(tree: DavisTree, results_dir: str | Path, sequences: Sequence[
         folder = results_dir / seq
         if not folder.is_dir():
             raise VostrackError(f"results folder {results_dir} has no folder for sequence '{seq}'")
-        frames = _scored_frames(tree, seq)
+        frames = _scored_frames(tree, seq, annotated)
         missing = [f for f in frames if not (folder / f"{f}.png").is_file()]
         if missing:
             raise VostrackError(
@@ -414,10 +431,12 @@ def check_results(tree: DavisTree, results_dir: str | Path, sequences: Sequence[
             )
 
 
-def score_sequence(tree: DavisTree, results_dir: str | Path, seq: str) -> list[ObjectScore]:
+def score_sequence(
+    tree: DavisTree, results_dir: str | Path, seq: str, annotated: str = "first"
+) -> list[ObjectScore]:
     """Score one sequence's results; one frame in memory at a time."""
     results_dir = Path(results_dir)
-    frames = _scored_frames(tree, seq)
+    frames = _scored_frames(tree, seq, annotated)
     n_objects = tree.n_objects(seq)
     ids = np.arange(1, n_objects + 1, dtype=np.uint8)[:, None, None]
     j = np.zeros((n_objects, len(frames)))
@@ -457,9 +476,13 @@ def score_sequence(tree: DavisTree, results_dir: str | Path, seq: str) -> list[O
 
 
 def score(
-    tree: DavisTree, results_dir: str | Path, sequences: Sequence[str] | None = None
+    tree: DavisTree,
+    results_dir: str | Path,
+    sequences: Sequence[str] | None = None,
+    annotated: str = "first",
 ) -> Report:
-    """Score ``results_dir`` against the tree, semi-supervised protocol.
+    """Score ``results_dir`` against the tree, semi-supervised protocol (``annotated``: the
+    frame whose mask was given, first or middle; it is not scored).
 
     ``sequences`` defaults to every sequence of the tree (see :meth:`DavisTree.sequences`).
     """
@@ -467,8 +490,8 @@ def score(
         sequences = tree.sequences()
     else:
         sequences = tree.sequences(names=list(sequences))
-    check_results(tree, results_dir, sequences)
+    check_results(tree, results_dir, sequences, annotated)
     objects: list[ObjectScore] = []
     for seq in sequences:
-        objects.extend(score_sequence(tree, results_dir, seq))
+        objects.extend(score_sequence(tree, results_dir, seq, annotated))
     return Report(tuple(objects))

@@ -12,7 +12,9 @@ class VideoSegmenter:
 
     ``step(frame, annotation)`` returns the frame's label map. An annotation is authoritative
     for the objects it holds (their predicted pixels elsewhere are dropped); objects it does not
-    hold keep their prediction, so masks of objects that appear later can be given alone.
+    hold keep their prediction, so masks of objects that appear later can be given alone. With
+    ``whole=True`` (a correction: the frame as it should be) it is the frame's labels, objects
+    it does not hold included.
     """
 
     def __init__(self, propagator: Propagator):
@@ -24,14 +26,16 @@ class VideoSegmenter:
     def started(self) -> bool:
         return self.reference is not None
 
-    def step(self, frame: np.ndarray, annotation: np.ndarray | None = None) -> np.ndarray:
+    def step(
+        self, frame: np.ndarray, annotation: np.ndarray | None = None, whole: bool = False
+    ) -> np.ndarray:
         if annotation is None:
             if not self.started:
                 return np.zeros(frame.shape[:2], dtype=np.uint8)  # no object given yet
             labels, self.state = self.propagator.step(frame, self.reference, self.state)
             return labels
         labels = annotation
-        if self.started:
+        if self.started and not whole:
             predicted, _ = self.propagator.step(frame, self.reference, self.state)
             labels = merge_annotation(predicted, annotation)
         self.reference = self.propagator.encode_reference(frame, labels, self.reference)

@@ -86,15 +86,49 @@ class FrameSource:
             "fps": self.fps,
         }
 
+    def in_order(self, order: range, spill_dir: Path | None = None) -> Iterator[np.ndarray]:
+        """The frames of ``order`` (a range of frame indices, ascending or descending), one at
+        a time. A video is decoded forward only: for a descending range its frames are decoded
+        once into a temporary file in ``spill_dir`` (removed when done) and read back in
+        reverse, so memory stays one frame whatever the length."""
+        if not order:
+            return iter(())
+        if order.step > 0:
+            return self._ascending(order)
+        if self.kind == "frames":
+            return (self._read_file(i) for i in order)
+        from vostrack.io.frame_store import reversed_through_disk
+
+        ascending = range(order[-1], order[0] + 1)
+        return reversed_through_disk(self._ascending(ascending), len(ascending), spill_dir)
+
+    def _ascending(self, order: range) -> Iterator[np.ndarray]:
+        if self.kind == "frames":
+            yield from (self._read_file(i) for i in order)
+            return
+        frames = iter(self)
+        try:
+            for index, frame in enumerate(frames):
+                if index >= order.stop:
+                    break
+                if index >= order.start:
+                    yield frame
+        finally:
+            frames.close()  # stops the decoder when the range ends before the video
+
     def _iter_folder(self) -> Iterator[np.ndarray]:
-        for file in self.frame_files:
-            frame = read_image_rgb(file)
-            if frame.shape[:2] != (self.height, self.width):  # changed since it was opened
-                raise VostrackError(
-                    f"{file}: frame is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
-                    f"{self.width}x{self.height}; all frames of a folder must have one size"
-                )
-            yield frame
+        for index in range(self.num_frames):
+            yield self._read_file(index)
+
+    def _read_file(self, index: int) -> np.ndarray:
+        file = self.frame_files[index]
+        frame = read_image_rgb(file)
+        if frame.shape[:2] != (self.height, self.width):  # changed since it was opened
+            raise VostrackError(
+                f"{file}: frame is {frame.shape[1]}x{frame.shape[0]} but the first frame is "
+                f"{self.width}x{self.height}; all frames of a folder must have one size"
+            )
+        return frame
 
     def _iter_video(self) -> Iterator[np.ndarray]:
         import imageio_ffmpeg

@@ -227,11 +227,13 @@ def load_annotations(
     mask_frames: Sequence[int],
     source: FrameSource,
     reader: MaskReader | None = None,
+    default_frame: int = 0,
 ) -> list[Annotation]:
     """Read every mask, place it on its frame, and merge masks given for the same frame.
 
     Placement: ``mask_frames`` pairs with the masks in order (one value may serve a single
-    mask); without it a mask named like a frame goes to that frame, any other to frame 0.
+    mask); without it a mask named like a frame goes to that frame, any other to
+    ``default_frame`` (the first frame segmented).
     """
     reader = reader or MaskReader()
     paths = expand_mask_paths(mask_paths)
@@ -245,7 +247,7 @@ def load_annotations(
     by_frame: dict[int, Annotation] = {}
     for i, path in enumerate(paths):
         frame = mask_frames[i] if mask_frames else frame_of_mask(path, source)
-        frame = 0 if frame is None else frame
+        frame = default_frame if frame is None else frame
         if not 0 <= frame < source.num_frames:
             raise VostrackError(
                 f"mask {path} is for frame {frame}, but the input has "
