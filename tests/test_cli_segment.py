@@ -90,8 +90,26 @@ def test_mask_on_later_frame_by_option_and_by_name(tmp_path, squares, double):
     result = run("segment", video, "--mask", tmp_path / "m.png", "--mask-frame", 4, "-o", out, "-q")
     assert result.exit_code == 0, result.output
     masks = read_outputs(out, [f"{i:05d}" for i in range(12)])
-    assert not masks[:4].any()  # before the annotated frame: no object yet
     assert np.array_equal(masks[4], labels[4]) and iou(masks[11] == 2, labels[11] == 2) > 0.9
+    for t in range(4):  # before the annotated frame: propagated backward from it
+        assert all(iou(masks[t] == k, labels[t] == k) > 0.9 for k in (1, 2, 3)), t
+    forward = tmp_path / "forward"
+    result = run(
+        "segment",
+        video,
+        "--mask",
+        tmp_path / "m.png",
+        "--mask-frame",
+        4,
+        "-o",
+        forward,
+        "-q",
+        "--direction",
+        "forward",
+    )
+    assert result.exit_code == 0, result.output
+    ahead = read_outputs(forward, [f"{i:05d}" for i in range(12)])
+    assert not ahead[:4].any() and np.array_equal(ahead[4:], masks[4:])  # nothing before it
 
     named = tmp_path / "masks" / "00004.png"
     named.parent.mkdir()
@@ -198,6 +216,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
         "--mask",
         tmp_path / "00006.png",
         "-q",
+        "--direction",
+        "forward",  # frames in order from 0 (the backward pass has tests of its own)
         "--overlay",
     ]
 

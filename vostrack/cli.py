@@ -22,6 +22,7 @@ import click
 
 from vostrack import __version__
 from vostrack.errors import VostrackError
+from vostrack.inference.plan import DIRECTIONS
 from vostrack.registry import DEFAULT_MODEL, RUNTIMES
 
 log = logging.getLogger("vostrack")
@@ -214,6 +215,40 @@ def _native_logs_quiet(command: Callable) -> Callable:
     type=click.FloatRange(min=0, min_open=True),
     help="Frame rate of the overlay (default: the video's, 24 for a frame folder).",
 )
+@click.option(
+    "--direction",
+    type=click.Choice(DIRECTIONS),
+    default="both",
+    show_default=True,
+    help="Propagate each object from its annotations forward, and backward to the frames "
+    "before its first one (both); forward only; or backward only (the video reversed).",
+)
+@click.option(
+    "--start-frame",
+    type=click.IntRange(min=0),
+    default=0,
+    help="First frame to segment (0-based); masks must lie in the range.",
+)
+@click.option(
+    "--end-frame",
+    type=click.IntRange(min=0),
+    help="Last frame to segment (inclusive; default: the last).",
+)
+@click.option(
+    "--correct",
+    "corrections",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A corrected mask of one frame (every object on it as it should be), for the "
+    "complete run in -o: only the frames it can change are segmented again. Repeatable.",
+)
+@click.option(
+    "--correct-frame",
+    "correction_frames",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Frame of each --correct mask, in order (default: the frame it is named after).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace existing results.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in the same folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -228,29 +263,45 @@ def segment(
     mirror: bool | None,
     settings: Sequence[str],
     fps: float | None,
+    direction: str,
+    start_frame: int,
+    end_frame: int | None,
+    corrections: Sequence[Path],
+    correction_frames: Sequence[int],
     overwrite: bool,
     resume: bool,
     quiet: bool,
 ) -> None:
     """Segment the objects given by --mask on every frame of INPUT (a video or a frame folder)."""
-    from vostrack.inference.pipeline import OutputOptions, SegmentRun, preflight
+    from vostrack import api
     from vostrack.inference.quiet import native_stderr_silenced
-    from vostrack.io.frames import open_frames
-    from vostrack.io.masks import MaskReader, load_annotations
-    from vostrack.registry import load_propagator
 
-    source = open_frames(input_path, fps=fps)
-    reader = MaskReader()
-    annotations = load_annotations(masks, mask_frames, source, reader)
-    options = OutputOptions(output_dir, overlay, overwrite, resume, progress=not quiet)
-    preflight(source, annotations, options)  # before the model: a refusal costs no wait
+    if correction_frames and not corrections:
+        raise VostrackError("--correct-frame places --correct masks: give --correct too")
+    # Inputs are read and the outputs checked before the model: a refusal costs no wait.
+    job = api.prepare(
+        input_path,
+        masks,
+        output_dir,
+        mask_frames=mask_frames,
+        overlay=overlay,
+        fps=fps,
+        overwrite=overwrite,
+        resume=resume,
+        progress=not quiet,
+        direction=direction,
+        start_frame=start_frame,
+        end_frame=end_frame,
+        corrections=list(corrections) if corrections else None,
+        correction_frames=correction_frames,
+    )
     with native_stderr_silenced(not click.get_current_context().meta.get("vostrack.debug")):
-        propagator, model_info = load_propagator(model, runtime, mirror, settings)
-    job = SegmentRun(source, annotations, propagator, options, model_info)
+        loaded = api.load_model(model, runtime, mirror, settings)
+    run = job.start(loaded)
     if not quiet:
-        _report_inputs(source, annotations, reader)
-    with _stop_on_signals(job):
-        summary = job.run()
+        _report_inputs(job.source, job.annotations, job.reader)
+    with _stop_on_signals(run):
+        summary = run.run()
     click.echo(
         f"{summary['frames_done']} frames, {len(summary['objects'])} object(s) "
         f"-> {output_dir}"
@@ -316,6 +367,15 @@ def _report_inputs(source, annotations, reader) -> None:
 )
 @_model_options("Without --results: ")
 @click.option(
+    "--annotated-frame",
+    "annotated",
+    type=click.Choice(["first", "middle"]),
+    default="first",
+    show_default=True,
+    help="The annotated frame whose mask each sequence is given (not scored): the first, as "
+    "the official protocol, or the middle one (masks then propagate both ways).",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace results already in --output, and an existing --csv file.",
@@ -332,6 +392,7 @@ def validate(
     runtime: str,
     mirror: bool | None,
     settings: Sequence[str],
+    annotated: str,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -361,7 +422,9 @@ def validate(
         if output_dir is None:
             output_dir = Path(tempfile.mkdtemp(prefix="vostrack-validate-"))
             click.echo(f"segmentations go to {output_dir}", err=True)
-        _segment_davis(tree, seqs, output_dir, model, runtime, mirror, settings, overwrite, quiet)
+        _segment_davis(
+            tree, seqs, output_dir, model, runtime, mirror, settings, overwrite, quiet, annotated
+        )
         results_dir = output_dir
     elif output_dir is not None or settings:
         raise VostrackError(
@@ -369,7 +432,7 @@ def validate(
             "validate's own segmentations; with --results there is nothing "
             "to run"
         )
-    report = score(tree, results_dir, seqs)
+    report = score(tree, results_dir, seqs, annotated)
     click.echo(report.table())
     if csv_path is not None:
         from vostrack.io.disk import write_failure
@@ -402,8 +465,9 @@ def _segment_davis(
     settings: Sequence[str],
     overwrite: bool,
     quiet: bool,
+    annotated: str = "first",
 ) -> None:
-    """Run the segment job on each sequence from its first annotated frame."""
+    """Run the segment job on each sequence from its first (or middle) annotated frame."""
     from vostrack.evaluation.segment_tree import segment_tree
     from vostrack.inference.quiet import native_stderr_silenced
     from vostrack.registry import load_propagator
@@ -419,6 +483,7 @@ def _segment_davis(
         overwrite=overwrite,
         progress=not quiet,
         announce=None if quiet else lambda s: click.echo(s, err=True),
+        annotated=annotated,
     )
 
 
@@ -868,6 +933,15 @@ def import_backbone(checkpoint: Path, output: Path, overwrite: bool) -> None:
 
     convert_resnet_v2_checkpoint(checkpoint, output, "resnet50_v2", overwrite=overwrite)
     click.echo(f"wrote {output}")
+
+
+def _register_batch() -> None:
+    from vostrack.batch.command import build
+
+    cli.add_command(build(_model_options, _stop_on_signals))
+
+
+_register_batch()
 
 
 def main() -> None:

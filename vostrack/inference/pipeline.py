@@ -98,7 +98,7 @@ class SegmentRun:
     ):
         preflight(source, annotations, options, corrections)
         self.source, self.propagator, self.options = source, propagator, options
-        job = _job_record(
+        job = job_record(
             source, annotations, model or {"name": getattr(propagator, "name", "?")}, options
         )
         out = Path(options.output_dir)
@@ -417,7 +417,7 @@ def _summary_size_bound(source: FrameSource, annotations: list[Annotation]) -> i
     return 64 * 1024 + names + paths + source.num_frames * objects * 24
 
 
-def _job_record(
+def job_record(
     source: FrameSource,
     annotations: list[Annotation],
     model: dict,
