@@ -68,11 +68,16 @@ class MatchingReference:
 @dataclass(frozen=True)
 class MatchingState:
     recent: tuple[MemoryFrame, ...] = field(default_factory=tuple)  # newest last
+    #: older frames kept for the long term (matching.long_term_*), newest last
+    long_term: tuple[MemoryFrame, ...] = field(default_factory=tuple)
+    frames_seen: int = 0  # frames segmented since the state began
 
 
 class Memory:
     """The bounded memory of one video, as both propagators keep it: the annotated frames (the
-    first never dropped, at most ``max_references``) and the last ``memory_frames`` frames."""
+    first never dropped, at most ``max_references``), the last ``memory_frames`` frames and,
+    when ``long_term_every`` is set, at most ``long_term_frames`` older ones (every N-th frame,
+    the oldest dropped first). A new annotation starts the state afresh, long term included."""
 
     def __init__(self, settings: MatchingSettings):
         self.settings = settings
@@ -87,8 +92,13 @@ class Memory:
         return MatchingReference(ids, frames + (encoded,))
 
     def with_recent(self, state: MatchingState, out: dict[str, np.ndarray]) -> MatchingState:
-        recent = state.recent + (MemoryFrame(out["key"], out["grid"]),)
-        return MatchingState(recent[-self.settings.memory_frames :])
+        new = MemoryFrame(out["key"], out["grid"])
+        seen = state.frames_seen + 1
+        long_term, every = state.long_term, self.settings.long_term_every
+        if every and seen % every == 0:
+            long_term = (long_term + (new,))[-self.settings.long_term_frames :]
+        recent = (state.recent + (new,))[-self.settings.memory_frames :]
+        return MatchingState(recent, long_term, seen)
 
 
 class MatchingPropagator:
@@ -182,8 +192,13 @@ def stack_memory(group: str, frames: tuple[MemoryFrame, ...]) -> dict[str, np.nd
 
 
 def memory_inputs(reference: MatchingReference, state: MatchingState) -> dict[str, np.ndarray]:
-    """The memory inputs of ``step`` (see vostrack.network.config.MEMORY_INPUTS)."""
-    return {**reference.memory, **stack_memory("recent", state.recent)}
+    """The memory inputs of ``step`` (see vostrack.network.config.MEMORY_INPUTS): the
+    long-term frames are searched as the annotated ones are."""
+    searched = reference.memory
+    if state.long_term:
+        more = stack_memory("reference", state.long_term)
+        searched = {k: np.concatenate([v, more[k]]) for k, v in searched.items()}
+    return {**searched, **stack_memory("recent", state.recent)}
 
 
 # ------------------------------------------------------------------------------- part path

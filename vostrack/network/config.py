@@ -138,6 +138,12 @@ class MatchingSettings:
     #: Annotated frames kept in memory (searched over the whole frame); the first is never
     #: dropped, later ones replace the oldest non-first.
     max_references: int = _kind(RUN_TIME, 4)
+    #: Long-term memory: every ``long_term_every``-th frame (0: none) joins a store of the
+    #: last ``long_term_frames`` such frames, searched over the whole frame as the annotated
+    #: ones are, with the labels predicted on it; so an object whose look has changed since
+    #: its annotation is still found. Bounded: at most that many more frames to search.
+    long_term_every: int = _kind(RUN_TIME, 0)
+    long_term_frames: int = _kind(RUN_TIME, 4)
     #: None: the ``top_k`` best matches over annotated and recent frames together vote. A
     #: number in [0, 1]: each group votes on its own and the annotated frames' read weighs
     #: this much (see vostrack.network.matching.propagate_labels).
@@ -154,6 +160,8 @@ class MatchingSettings:
         _check_int("matching.memory_frames", self.memory_frames, 1)
         _check_int("matching.local_radius", self.local_radius, 0)
         _check_int("matching.max_references", self.max_references, 1)
+        _check_int("matching.long_term_every", self.long_term_every, 0)
+        _check_int("matching.long_term_frames", self.long_term_frames, 1)
         share = self.reference_share
         _check(
             "matching.reference_share",
