@@ -5,8 +5,6 @@ everything heavy is imported when the command runs."""
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -15,6 +13,7 @@ from pathlib import Path
 import click
 
 from vostrack.errors import InterruptedRun, VostrackError
+from vostrack.io.locks import claim_folder
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,10 @@ def build(model_options: Callable, stop_on_signals: Callable) -> click.Command:
 
             import_ray()  # missing Ray is a one-line error before anything is made
         created = not out_root.exists()
-        lock = _claim_out_root(out_root)
+        lock = claim_folder(
+            out_root,
+            f"another vostrack batch is writing to {out_root}; wait for it or give another folder",
+        )
         report = BatchReport(
             options.out_root,
             jobs,
@@ -204,34 +206,6 @@ def build(model_options: Callable, stop_on_signals: Callable) -> click.Command:
             ctx.exit(1)
 
     return batch
-
-
-def _claim_out_root(out_root: Path) -> int:
-    """Make OUT_ROOT and lock it: two batches writing one batch.json would lose each other's
-    record (each video's folder has its own lock too)."""
-    if out_root.exists() and not out_root.is_dir():
-        raise VostrackError(f"output {out_root} exists and is not a folder")
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out_root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError as exc:
-        raise VostrackError(
-            f"output folder {out_root} cannot be made ({exc.strerror or exc})"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-            os.close(fd)
-            raise VostrackError(
-                f"another vostrack batch is writing to {out_root}; wait for it or give "
-                "another folder"
-            ) from None
-        log.debug("cannot lock %s (%s); going on without the lock", out_root, exc.strerror)
-    if not os.access(out_root, os.W_OK):
-        os.close(fd)
-        raise VostrackError(f"output folder {out_root} is not writable (permission denied)")
-    return fd
 
 
 def _release(fd: int, made: Path | None) -> None:

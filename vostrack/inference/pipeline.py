@@ -10,8 +10,6 @@ continues after the last of them.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,6 +36,7 @@ from vostrack.io.atomic import remove_stale_temps, write_json
 from vostrack.io.disk import SpaceReserve, write_failure
 from vostrack.io.frame_store import SPILL_STEM
 from vostrack.io.frames import FrameSource
+from vostrack.io.locks import claim_folder
 from vostrack.io.masks import Annotation
 from vostrack.io.palette import read_label_png, write_label_png
 from vostrack.io.writers import FrameResult, OverlayVideo, ResultWriter
@@ -103,7 +102,9 @@ class SegmentRun:
         )
         out = Path(options.output_dir)
         created = not out.exists()
-        self._lock = _claim_output_dir(out)
+        self._lock = claim_folder(
+            out, f"another vostrack run is writing to {out}; wait for it or give another folder"
+        )
         try:
             earlier: dict = {}
             if options.resume or corrections:
@@ -612,33 +613,6 @@ def _existing_results(out: Path, source: FrameSource) -> list[Path]:
     return existing + [
         p for p in (out / f"{n}.png" for n in source.frame_names) if os.path.lexists(p)
     ]
-
-
-def _claim_output_dir(out: Path) -> int:
-    """Create the output folder and lock it for this run (another run writing to the same
-    folder would interleave frames); returns the descriptor that holds the lock."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError as exc:
-        raise VostrackError(
-            f"output folder {out} is not writable ({exc.strerror or exc})"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-            # a file system without locks (some network mounts): run unguarded, as before
-            log.debug("cannot lock %s (%s); going on without the lock", out, exc.strerror)
-        else:
-            os.close(fd)
-            raise VostrackError(
-                f"another vostrack run is writing to {out}; wait for it or give another folder"
-            ) from None
-    if not os.access(out, os.W_OK):
-        os.close(fd)
-        raise VostrackError(f"output folder {out} is not writable (permission denied)")
-    return fd
 
 
 def _earlier_frame_names(out: Path) -> set[str]:
