@@ -194,7 +194,7 @@ def _native_logs_quiet(command: Callable) -> Callable:
     multiple=True,
     type=click.IntRange(min=0),
     help="Frame (0-based) of each --mask, in the same order. Default: the frame the "
-    "mask file is named after (00012.png -> 12), else frame 0.",
+    "mask file is named after (00012.png -> 12), else the first frame segmented (--start-frame).",
 )
 @click.option(
     "-o",
