@@ -360,3 +360,14 @@ def test_a_long_video_annotated_near_its_end_keeps_a_forward_runs_memory(tmp_pat
     forward = peak_rss("--mask", first, "--mask-frame", 0, "-o", tmp_path / "fwd")
     backward = peak_rss("--mask", near_end, "--mask-frame", count - 5, "-o", tmp_path / "bwd")
     assert backward <= 1.10 * forward, (backward, forward)
+
+
+def test_a_mask_not_named_after_a_frame_goes_to_the_first_frame_of_the_range(tmp_path, squares):
+    from vostrack import api
+
+    video, frames, labels, _ = squares
+    job = api.prepare(video, [mask(tmp_path, "a.png", labels[5])], tmp_path / "out", start_frame=5)
+    assert [a.frame for a in job.annotations] == [5]
+    named = mask(tmp_path, "00007.png", labels[7])
+    job = api.prepare(video, [named], tmp_path / "out", start_frame=5, end_frame=9)
+    assert [a.frame for a in job.annotations] == [7]
