@@ -371,3 +371,39 @@ def test_a_mask_not_named_after_a_frame_goes_to_the_first_frame_of_the_range(tmp
     named = mask(tmp_path, "00007.png", labels[7])
     job = api.prepare(video, [named], tmp_path / "out", start_frame=5, end_frame=9)
     assert [a.frame for a in job.annotations] == [7]
+
+
+def test_links_planted_at_the_runs_fixed_folder_names_are_refused(tmp_path, squares):
+    """``.vostrack-backward`` and ``corrections`` have fixed names in the output folder: a link
+    planted there must not send the run's writes, or its clean-up, into another folder."""
+    video, frames, labels, first = squares
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "00005.png").write_bytes(b"theirs")
+    (victim / "000-00006.png").write_bytes(b"theirs too")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".vostrack-backward").symlink_to(victim)
+    last = mask(tmp_path, "last.png", labels[11])
+    with pytest.raises(VostrackError, match="is a link or a file"):
+        segment(tmp_path, ColourPropagator(), video, [(last, 11)])
+    (out / ".vostrack-backward").unlink()
+
+    segment(tmp_path, ColourPropagator(), video, [(first, 0)])
+    (out / "corrections").symlink_to(victim)
+    fix = mask(tmp_path, "fix.png", labels[6])
+    with pytest.raises(VostrackError, match="is a link or a file"):
+        segment(tmp_path, ColourPropagator(), video, [(first, 0)], corrections=[(fix, 6)])
+    # an --overwrite whose earlier summary names a kept correction does not delete through it
+    summary = json.loads((out / "summary.json").read_text())
+    summary["corrections"] = [{"stored": "corrections/000-00006.png"}]
+    (out / "summary.json").write_text(json.dumps(summary))
+    segment(tmp_path, ColourPropagator(), video, [(first, 0)], overwrite=True)
+    assert sorted(p.name for p in victim.iterdir()) == ["000-00006.png", "00005.png"]
+    assert (victim / "00005.png").read_bytes() == b"theirs"
+    assert (victim / "000-00006.png").read_bytes() == b"theirs too"
+
+
+def test_an_end_frame_before_the_start_frame_is_one_line():
+    with pytest.raises(VostrackError, match=r"end frame \(3\) comes before the start frame \(5\)"):
+        Plan.make(10, {5: [1]}, "both", first=5, last=3)

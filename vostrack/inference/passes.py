@@ -15,6 +15,7 @@ from vostrack.inference.contract import Propagator
 from vostrack.inference.plan import BACKWARD, FORWARD, Plan
 from vostrack.inference.prefetch import prefetch
 from vostrack.inference.segmenter import VideoSegmenter
+from vostrack.io.atomic import working_folder
 from vostrack.io.frames import FrameSource
 from vostrack.io.masks import Annotation
 from vostrack.io.palette import read_label_png, write_label_png
@@ -56,7 +57,7 @@ class VideoPasses:
         backward = self.backward
         if backward is None:
             return
-        self.store.mkdir(exist_ok=True)
+        working_folder(self.store)
         done = 0
         for t in backward.frames:
             if not self.stored(t).is_file():
@@ -66,7 +67,7 @@ class VideoPasses:
             for _ in range(done):
                 tick()
             return
-        feeds = {t: _only(self.annotated[t], ids) for t, ids in backward.feeds.items()}
+        feeds = {t: only_objects(self.annotated[t], ids) for t, ids in backward.feeds.items()}
         segmenter = VideoSegmenter(self.propagator)
         frames = self.source.in_order(backward.frames, spill_dir=self.spill_dir)
         for i, (t, frame) in enumerate(zip(backward.frames, prefetch(frames))):
@@ -114,6 +115,6 @@ class VideoPasses:
         return [k for k in self.plan.objects if (self.plan.source(frame, k) or ("",))[0] == FORWARD]
 
 
-def _only(labels: np.ndarray, objects: Iterable[int]) -> np.ndarray:
+def only_objects(labels: np.ndarray, objects: Iterable[int]) -> np.ndarray:
     """``labels`` with every object but ``objects`` set to background."""
     return np.where(np.isin(labels, list(objects)), labels, 0).astype(labels.dtype)

@@ -28,11 +28,16 @@ from tqdm import tqdm
 import vostrack
 from vostrack.errors import InterruptedRun, VostrackError, first_line
 from vostrack.inference.contract import Propagator
-from vostrack.inference.passes import VideoPasses
+from vostrack.inference.passes import VideoPasses, only_objects
 from vostrack.inference.plan import BACKWARD, Plan
 from vostrack.inference.segmenter import VideoSegmenter
 from vostrack.io.aliasing import refuse_overlap
-from vostrack.io.atomic import remove_stale_temps, write_json
+from vostrack.io.atomic import (
+    is_working_folder,
+    remove_stale_temps,
+    working_folder,
+    write_json,
+)
 from vostrack.io.disk import SpaceReserve, write_failure
 from vostrack.io.frame_store import SPILL_STEM
 from vostrack.io.frames import FrameSource
@@ -343,9 +348,7 @@ def frames_to_redo(before: Plan, after: Plan) -> list[int]:
         return list(range(after.first, changed[-1] + 1))
     redo = set(range(changed[0], after.last + 1))
     if after.direction == "both":
-        firsts_before = {k: before.source(before.first, k) for k in before.objects}
-        firsts_after = {k: after.source(after.first, k) for k in after.objects}
-        if firsts_before != firsts_after:
+        if before.first_annotations != after.first_annotations:
             for plan in (before, after):
                 for t in range(plan.first, changed[0]):
                     if any((plan.source(t, k) or ("",))[0] == BACKWARD for k in plan.objects):
@@ -400,7 +403,7 @@ def _replay(
         ) from None
     if segmenter is not None:
         if encode is not None:
-            segmenter.add_reference(frame, np.where(np.isin(labels, encode), labels, 0))
+            segmenter.add_reference(frame, only_objects(labels, encode))
         if is_last and segmenter.started:
             segmenter.reseed(frame, labels)
     writer.put(FrameResult(index, labels, frame if need_frame else None, write_png=False))
@@ -499,8 +502,7 @@ def _corrections_of(
 def _store_corrections(out: Path, corrections: Sequence[Annotation], records: list) -> None:
     """Keep each correction's label map in ``out/corrections/`` (what the results were made
     from, in the ids they were made with: a later correction reads them back from there)."""
-    folder = out / CORRECTIONS_DIR
-    folder.mkdir(exist_ok=True)
+    working_folder(out / CORRECTIONS_DIR)
     for correction, record in zip(corrections, records):
         write_label_png(out / record["stored"], correction.labels)
 
@@ -570,6 +572,9 @@ def preflight(
         names = [SUMMARY_NAME, *(f"{n}.png" for n in source.frame_names)]
         outputs += [("the output file", out / n) for n in names if os.path.lexists(out / n)]
     refuse_overlap(inputs, outputs)
+    for name in (BACKWARD_STORE, *([CORRECTIONS_DIR] if corrections else [])):
+        if os.path.lexists(out / name) and not is_working_folder(out / name):
+            working_folder(out / name)  # refuses it, in one line
     if corrections:
         _corrections_of(out, _earlier_summary(out, complete_ok=True), corrections, source, options)
     if options.resume:
@@ -653,7 +658,9 @@ def _clear_earlier_results(out: Path, source: FrameSource) -> None:
     """--overwrite: the earlier run's frames and summary go, also frames this run will not
     write (a longer earlier input), since a later --resume would take them as done."""
     names = _earlier_frame_names(out) | set(source.frame_names)
-    kept = [out / CORRECTIONS_DIR / n for n in sorted(_earlier_corrections_kept(out))]
+    kept = []
+    if is_working_folder(out / CORRECTIONS_DIR):  # never through a link
+        kept = [out / CORRECTIONS_DIR / n for n in sorted(_earlier_corrections_kept(out))]
     for path in [out / SUMMARY_NAME, *(out / f"{n}.png" for n in sorted(names)), *kept]:
         if os.path.lexists(path) and not os.path.isdir(path):
             path.unlink()

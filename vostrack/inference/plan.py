@@ -66,6 +66,8 @@ class Plan:
         if direction not in DIRECTIONS:
             raise VostrackError(f"direction must be one of {', '.join(DIRECTIONS)}")
         last = num_frames - 1 if last is None else last
+        if last < first:
+            raise VostrackError(f"the end frame ({last}) comes before the start frame ({first})")
         if not 0 <= first <= last < num_frames:
             raise VostrackError(
                 f"frames {first}..{last} are not within the video's 0..{num_frames - 1}"
@@ -93,6 +95,11 @@ class Plan:
     def objects(self) -> tuple[int, ...]:
         return tuple(sorted(self._annotations_of))
 
+    @functools.cached_property
+    def first_annotations(self) -> dict[int, int]:
+        """Each object's first annotated frame."""
+        return {k: frames[0] for k, frames in self._annotations_of.items()}
+
     def source(self, frame: int, k: int) -> tuple[str, int] | None:
         """Where object ``k`` on ``frame`` comes from: (pass direction, the annotation's distance
         in frames), or None when no pass gives it."""
@@ -114,8 +121,8 @@ class Plan:
         if self.direction == BACKWARD:
             return (Pass(BACKWARD, range(self.last, self.first - 1, -1), self.annotated),)
         firsts: dict[int, set[int]] = {}
-        for k, frames in self._annotations_of.items():
-            firsts.setdefault(frames[0], set()).add(k)
+        for k, frame in self.first_annotations.items():
+            firsts.setdefault(frame, set()).add(k)
         forward = Pass(FORWARD, range(self.first, self.last + 1), self.annotated)
         top = max(firsts, default=self.first)
         if top == self.first:  # every object is annotated on the first frame: nothing before

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -130,3 +131,28 @@ def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` atomically."""
     with atomic_write(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def working_folder(path: str | Path) -> Path:
+    """The folder ``path`` (made if missing) that a run keeps its own files in under a fixed
+    name inside an output folder (``.vostrack-backward``, ``corrections``). The name is known in
+    advance, so a link planted there could send those writes (and a clean-up) anywhere: a link,
+    or anything but a plain folder, is refused with one line."""
+    from vostrack.errors import VostrackError
+
+    path = Path(path)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise VostrackError(
+            f"{path} is a link or a file, not the folder vostrack keeps there; remove it"
+        )
+    return path
+
+
+def is_working_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a plain folder (not a link): one :func:`working_folder` may use."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False

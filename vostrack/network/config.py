@@ -14,6 +14,7 @@ architecture with the settings under ``settings``: :func:`model_to_dict`, :func:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Collection, Sequence
@@ -319,7 +320,7 @@ def model_to_dict(config: ModelConfig, settings: InferenceSettings) -> dict[str,
 def model_from_dict(data: dict[str, Any]) -> tuple[ModelConfig, InferenceSettings]:
     """The architecture and settings of a model file's mapping, checked together. Files of
     earlier versions, with the settings mixed into the architecture's sections, read the same."""
-    data = json_copy(data)
+    data = copy.deepcopy(data)  # the caller's mapping is not changed
     settings = data.pop(SETTINGS_KEY, None)
     if settings is None:  # the earlier layout: lift the settings out of their sections
         settings = {}
@@ -335,15 +336,6 @@ def model_from_dict(data: dict[str, Any]) -> tuple[ModelConfig, InferenceSetting
         raise TypeError(f"{SETTINGS_KEY} must be a mapping, not {type(settings).__name__}")
     config = ModelConfig.from_dict(data)
     return config, InferenceSettings.from_dict(settings).check(config)
-
-
-def json_copy(data: Any) -> Any:
-    """A deep copy of a JSON-like value (mappings and lists copied, leaves shared)."""
-    if isinstance(data, dict):
-        return {k: json_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [json_copy(v) for v in data]
-    return data
 
 
 def parse_assignment(assignment: str) -> tuple[str, Any]:
