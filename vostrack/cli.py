@@ -134,7 +134,9 @@ def _model_options(context: str) -> Callable:
             type=click.Choice(RUNTIMES),
             default="frozen",
             show_default=True,
-            help=f"{context}Run the frozen TensorFlow graph, or the Keras model (any backend).",
+            help=f"{context}Run the frozen TensorFlow graph, the Keras model (any backend), or "
+            "the model's LiteRT file without TensorFlow (half the memory, slower today; see "
+            "the README).",
         ),
         click.option(
             "--mirror/--no-mirror",
@@ -155,8 +157,8 @@ def _model_options(context: str) -> Callable:
 
 _RUN_SETTINGS_HELP = (
     "Change an inference setting of the model for this run (repeatable), e.g. "
-    "parts.max_parts=4 or matching.memory_frames=8; the frozen graph takes the "
-    "settings read at run time, --runtime keras all of them."
+    "parts.max_parts=4 or matching.memory_frames=8; the frozen graph and LiteRT take "
+    "the settings read at run time, --runtime keras all of them."
 )
 
 
@@ -795,6 +797,12 @@ def validate_backbone(
 @click.option("--name", help="Model name recorded in the manifest (default: the folder's name).")
 @click.option("--no-saved-model", is_flag=True, help="Skip the SavedModel (smaller folder).")
 @click.option(
+    "--litert",
+    is_flag=True,
+    help="Also write the LiteRT model (model.tflite), which `segment --runtime litert` runs "
+    "without TensorFlow (needs the litert extra to run).",
+)
+@click.option(
     "--weights-dtype",
     type=click.Choice(["float16", "float32"]),
     default="float16",
@@ -833,6 +841,7 @@ def export(
     output_dir: Path,
     name: str | None,
     no_saved_model: bool,
+    litert: bool,
     weights_dtype: str,
     max_parts: int | None,
     track: bool | None,
@@ -908,6 +917,7 @@ def export(
         overwrite=overwrite,
         saved_model=not no_saved_model,
         weights_dtype=weights_dtype,
+        litert=litert,
     )
     click.echo(f"exported {output_dir}")
 

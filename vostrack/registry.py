@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "default"
 MANIFEST = "manifest.json"
-RUNTIMES = ("frozen", "keras")
+RUNTIMES = ("frozen", "keras", "litert")
 
 
 def model_search_path() -> list[Path]:
@@ -126,7 +126,7 @@ def load_propagator(
         settings,
         overrides,
         config,
-        allowed=(RUN_TIME,) if runtime == "frozen" else (BAKED, RUN_TIME),
+        allowed=(BAKED, RUN_TIME) if runtime == "keras" else (RUN_TIME,),
     )
     files = manifest.get("files", {})
     if not isinstance(files, dict) or not isinstance(manifest.get("tensors", {}), dict):
@@ -141,6 +141,15 @@ def load_propagator(
             backend = FrozenRuntime(
                 model_dir / files["frozen_graph"], config, settings, manifest["tensors"], threads
             )
+        elif runtime == "litert":
+            if "litert" not in files:
+                raise VostrackError(
+                    f"model {name!r} in {model_dir} has no LiteRT model; make one with "
+                    "`vostrack export --model MODEL --litert -o FOLDER`"
+                )
+            from vostrack.inference.runtimes import LiteRuntime
+
+            backend = LiteRuntime(model_dir / files["litert"], config, settings, threads)
         else:
             from vostrack.inference.runtimes import KerasRuntime
             from vostrack.network.vos import load_network

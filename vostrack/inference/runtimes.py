@@ -146,3 +146,46 @@ class FrozenRuntime:
             outputs = self._session.run(fetches, feeds)
         self._ran.add(function)
         return outputs
+
+
+class LiteRuntime:
+    """The LiteRT model (``model.tflite``, :mod:`vostrack.serving.litert`) run by
+    ``ai-edge-litert`` (XNNPACK): no TensorFlow. The frame's resize and padding, which the
+    frozen graph does in-graph, happen here in numpy (:mod:`vostrack.inference.resample`)."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        config: ModelConfig,
+        settings: InferenceSettings,
+        threads: int | None = None,
+    ):
+        import os
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.config, self.settings = config, settings
+        self._interpreter = Interpreter(
+            model_path=str(model_path), num_threads=int(threads or os.cpu_count() or 1)
+        )
+        self._runners = {
+            name: self._interpreter.get_signature_runner(name)
+            for name in ("encode_reference", "step")
+        }
+
+    def run(
+        self, function: str, inputs: dict[str, np.ndarray], skip: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
+        from vostrack.inference.resample import prepare_frame, resize_antialiased
+
+        frame = inputs["frame"]
+        height, width = frame.shape[:2]
+        h, w, hp, wp = working_size(height, width, self.settings)
+        feeds = {k: v for k, v in inputs.items() if k not in ("frame", "probs")}
+        feeds["image"] = prepare_frame(frame, (h, w), (hp, wp))
+        if function == "encode_reference":
+            feeds["probs"] = resize_antialiased(inputs["probs"], (h, w))
+        else:
+            feeds["sizes"] = np.array([h, w, height, width], np.int32)
+        outputs = self._runners[function](**feeds)
+        return {k: v for k, v in outputs.items() if k not in skip}

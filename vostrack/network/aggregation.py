@@ -38,13 +38,15 @@ def _paste_weights(start: Any, end: Any, size: int, out_size: Any, stride: int) 
     centres = feature_to_pixel(ops.cast(ops.arange(out_size), "float32"), stride)
     extent = end - start
     safe = ops.where(extent > 0.0, extent, 1.0)
-    t = (centres[None, :] - start[:, None]) / safe[:, None] * float(size) - 0.5
+    t = (centres - ops.expand_dims(start, 1)) / ops.expand_dims(safe, 1) * float(size) - 0.5
     t = ops.clip(t, 0.0, float(size - 1))
     bins = ops.arange(size, dtype="float32")
-    weights = ops.relu(1.0 - ops.abs(t[:, :, None] - bins[None, None, :]))
-    inside = ops.logical_and(centres[None, :] >= start[:, None], centres[None, :] < end[:, None])
-    inside = ops.cast(ops.logical_and(inside, (extent > 0.0)[:, None]), "float32")
-    return weights * inside[:, :, None], inside
+    weights = ops.relu(1.0 - ops.abs(ops.expand_dims(t, 2) - bins))
+    inside = ops.logical_and(
+        centres >= ops.expand_dims(start, 1), centres < ops.expand_dims(end, 1)
+    )
+    inside = ops.cast(ops.logical_and(inside, ops.expand_dims(extent > 0.0, 1)), "float32")
+    return weights * ops.expand_dims(inside, 2), inside
 
 
 def paste_parts(
@@ -93,11 +95,13 @@ def paste_parts(
     use = ops.logical_and(ops.cast(valid, "bool"), scores > float(min_score))
     weights = ops.where(use, scores, 0.0)
     # Padding rows may hold anything (even NaN logits): they never reach the arithmetic.
-    values = ops.where(use[:, None, None], values, 0.0)
+    values = ops.where(ops.reshape(use, (-1, 1, 1)), values, 0.0)
     pasted = ops.matmul(ops.matmul(wy, values), ops.transpose(wx, (0, 2, 1)))  # (N, h, w)
     if from_logits:
         pasted = ops.sigmoid(pasted)
-    footprint = weights[:, None, None] * (iy[:, :, None] * ix[:, None, :])  # (N, h, w)
+    footprint = ops.reshape(weights, (-1, 1, 1)) * (
+        ops.expand_dims(iy, 2) * ops.expand_dims(ix, 1)
+    )  # (N, h, w)
     ids = ops.cast(object_index, "int32")
     total = ops.segment_sum(footprint, ids, num_segments=num_objects)
     weighted = ops.segment_sum(footprint * pasted, ids, num_segments=num_objects)

@@ -97,7 +97,7 @@ def bin_centres(start: Any, end: Any, size: int) -> Any:
     """Continuous pixel coordinates (N, size) of the centres of ``size`` equal bins of the
     intervals ``[start, end)`` (N,): where ROI-Align with one sample per bin samples."""
     fractions = (ops.arange(size, dtype="float32") + 0.5) / float(size)
-    return start[:, None] + fractions[None, :] * (end - start)[:, None]
+    return ops.expand_dims(start, 1) + fractions * ops.expand_dims(end - start, 1)
 
 
 def response_to_pixel(

@@ -103,7 +103,9 @@ def crop_window(features: Any, boxes: Any, box_indices: Any, size: int, stride: 
     values = sample_bilinear(features, ys, xs, box_indices)
     in_y = ops.logical_and(py >= 0.0, py < height * float(stride))
     in_x = ops.logical_and(px >= 0.0, px < width * float(stride))
-    inside = ops.logical_and(in_y[:, :, None], in_x[:, None, :])[..., None]
+    inside = ops.expand_dims(
+        ops.logical_and(ops.expand_dims(in_y, 2), ops.expand_dims(in_x, 1)), -1
+    )
     return ops.where(inside, values, ops.zeros_like(values))
 
 

@@ -41,8 +41,8 @@ def _grid(start: Any, end: Any, size: int, extent: Any) -> Any:
     if size > 1:
         spacing = (end - start) * scale_extent / float(size - 1)
         indices = ops.arange(size, dtype="float32")
-        return start[:, None] * scale_extent + indices[None, :] * spacing[:, None]
-    return (0.5 * (start + end) * scale_extent)[:, None]
+        return ops.expand_dims(start, 1) * scale_extent + indices * ops.expand_dims(spacing, 1)
+    return ops.expand_dims(0.5 * (start + end) * scale_extent, 1)
 
 
 def sample_bilinear(
@@ -68,8 +68,8 @@ def sample_bilinear(
 
     y_top = ops.floor(ys)
     x_left = ops.floor(xs)
-    y_lerp = ops.cast(ys - y_top, dtype)[:, :, None, None]
-    x_lerp = ops.cast(xs - x_left, dtype)[:, None, :, None]
+    y_lerp = ops.expand_dims(ops.expand_dims(ops.cast(ys - y_top, dtype), 2), 3)
+    x_lerp = ops.expand_dims(ops.expand_dims(ops.cast(xs - x_left, dtype), 1), 3)
     # Clipping keeps the gathers in range for samples that are then replaced anyway, and makes
     # the bottom/right neighbour of a sample on the last row/column the sample itself (lerp 0).
     max_y = ops.cast(height, "int32") - 1
@@ -82,8 +82,8 @@ def sample_bilinear(
     flat = ops.reshape(features, (-1, channels))
     width_i = ops.cast(width, "int32")
     base = ops.cast(box_indices, "int32") * ops.cast(height, "int32") * width_i
-    rows0 = (base[:, None] + y0 * width_i)[:, :, None]
-    rows1 = (base[:, None] + y1 * width_i)[:, :, None]
+    rows0 = ops.expand_dims(ops.expand_dims(base, 1) + y0 * width_i, 2)
+    rows1 = ops.expand_dims(ops.expand_dims(base, 1) + y1 * width_i, 2)
     cols0 = x0[:, None, :]
     cols1 = x1[:, None, :]
     top_left = ops.take(flat, rows0 + cols0, axis=0)
@@ -94,7 +94,9 @@ def sample_bilinear(
     bottom = bottom_left + (bottom_right - bottom_left) * x_lerp
     values = top + (bottom - top) * y_lerp
 
-    inside = ops.logical_and(y_inside[:, :, None], x_inside[:, None, :])[..., None]
+    inside = ops.expand_dims(
+        ops.logical_and(ops.expand_dims(y_inside, 2), ops.expand_dims(x_inside, 1)), -1
+    )
     fill = ops.cast(extrapolation_value, dtype)
     return ops.where(inside, values, fill)
 

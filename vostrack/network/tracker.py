@@ -121,7 +121,7 @@ def decode_response(
     pj = peak - pi * size
 
     def at(values: Any, i: Any, j: Any) -> Any:
-        return ops.take_along_axis(values, (i * size + j)[:, None], axis=1)[:, 0]
+        return ops.take_along_axis(values, ops.expand_dims(i * size + j, 1), axis=1)[:, 0]
 
     centre = at(flat, pi, pj)
     if offsets is not None:
@@ -163,7 +163,7 @@ def decode_response(
     scores = ops.sigmoid(centre)
     if valid is not None:
         valid = ops.cast(valid, "bool")
-        boxes = ops.where(valid[:, None], boxes, previous_boxes)
+        boxes = ops.where(ops.expand_dims(valid, 1), boxes, previous_boxes)
         scores = ops.where(valid, scores, 0.0)
     return boxes, scores
 

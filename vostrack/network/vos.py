@@ -50,6 +50,18 @@ def resize(images: Any, size: tuple, antialias: bool = False) -> Any:
     return tf.image.resize(images, tf.stack(size), method="bilinear", antialias=antialias)
 
 
+def argmax(x: Any) -> Any:
+    """int32 index of the largest value along the last axis.
+
+    On TF, keras' argmax adds a sign-bit test (for -0.0 under flush-to-zero) that LiteRT has no
+    builtin for; probabilities are never -0.0, so the TF op serves directly there."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.argmax(x, axis=-1, output_type=tf.int32)
+    return ops.cast(ops.argmax(x, axis=-1), "int32")
+
+
 def _edge_pad_bottom_right(x: Any, rows: Any, cols: Any) -> Any:
     """Pad an NHWC tensor at the bottom and right by repeating its last row/column.
 
@@ -161,17 +173,21 @@ class VosNetwork(keras.Model):
 
     # ---------------------------------------------------------------- frames and masks
     def prepare_frames(self, frames: Any, work_hw: tuple, pad_hw: tuple) -> Any:
-        """uint8 (N, H, W, 3) RGB -> normalised (N, hp, wp, 3) at the working size."""
+        """uint8 (N, H, W, 3) RGB -> (N, hp, wp, 3) in [0, 1] at the working size, padded: the
+        input of :meth:`image_features` (the LiteRT runtime does this step in numpy)."""
         image = resize(ops.cast(frames, "float32") / 255.0, work_hw, antialias=True)
-        image = _edge_pad_bottom_right(image, pad_hw[0] - work_hw[0], pad_hw[1] - work_hw[1])
-        return self._normalize(image)
+        return _edge_pad_bottom_right(image, pad_hw[0] - work_hw[0], pad_hw[1] - work_hw[1])
 
     def batch_features(self, frames: Any, work_hw: tuple, pad_hw: tuple) -> dict[str, Any]:
         """uint8 frames (N, H, W, 3) -> ``{"key": (N, h, w, C) L2-normalised matching keys}``,
         plus the FPN's ``P2..P5`` (N, H/s, W/s, C) when the part path is on. Training encodes
         a batch of clips in one call (one backbone in the graph, not one per frame: the
         training step compiles ~40 % faster on TF); :meth:`frame_features` picks one frame out."""
-        levels = self.encoder(self.prepare_frames(frames, work_hw, pad_hw))
+        return self.image_features(self.prepare_frames(frames, work_hw, pad_hw))
+
+    def image_features(self, images: Any) -> dict[str, Any]:
+        """:meth:`batch_features` of frames already prepared (:meth:`prepare_frames`)."""
+        levels = self.encoder(self._normalize(images))
         # Under a mixed policy the backbone and FPN compute in bfloat16; matching, the heads
         # and the losses take float32 (a no-op cast otherwise).
         out = {
@@ -199,12 +215,20 @@ class VosNetwork(keras.Model):
         return self.features(frame, work_hw, pad_hw)["key"]
 
     def encode_mask(
-        self, probs: Any, work_hw: tuple, pad_hw: tuple, stride: int | None = None
+        self,
+        probs: Any,
+        work_hw: tuple,
+        pad_hw: tuple,
+        stride: int | None = None,
+        resized: bool = False,
     ) -> Any:
         """(H, W, K+1) object probabilities -> (H/s, W/s, K+1) on the stride-``s`` grid of the
-        padded frame (area average of each cell's footprint, centred on the cell)."""
+        padded frame (area average of each cell's footprint, centred on the cell).
+        ``resized``: the probabilities are already at the working size (h, w)."""
         s = stride or self.stride
-        x = resize(ops.expand_dims(probs, 0), work_hw, antialias=True)
+        x = ops.expand_dims(probs, 0)
+        if not resized:
+            x = resize(x, work_hw, antialias=True)
         x = _edge_pad_bottom_right(
             x, pad_hw[0] - work_hw[0] + s // 2, pad_hw[1] - work_hw[1] + s // 2
         )[:, s // 2 :, s // 2 :]
@@ -230,6 +254,7 @@ class VosNetwork(keras.Model):
         pad_hw: tuple,
         parts: dict[str, Any] | None = None,
         features: dict[str, Any] | None = None,
+        resized: bool = False,
     ) -> dict[str, Any]:
         """An annotated (or otherwise known) frame and its object probabilities (H, W, K+1) ->
         ``{"key": (h, w, C), "grid": (h, w, K+1)}``: its entry in the memory.
@@ -240,23 +265,29 @@ class VosNetwork(keras.Model):
         ``ref_mask`` (the mask head's reference crops) and ``prev_probs`` (H/4, W/4, K): the
         objects on the stride-4 grid, the state the next :meth:`step` starts from.
 
-        ``features``: the frame's :meth:`features`, when already computed (training).
+        ``features``: the frame's :meth:`features`, when already computed (training, the
+        LiteRT export); ``resized``: ``probs`` are already at the working size (h, w).
         """
         out = features if features is not None else self.features(frame, work_hw, pad_hw)
-        result = {"key": out["key"], "grid": self.encode_mask(probs, work_hw, pad_hw)}
+        result = {
+            "key": out["key"],
+            "grid": self.encode_mask(probs, work_hw, pad_hw, None, resized),
+        }
         if not self.config.parts:
             return result
         boxes, objects = parts["part_boxes"], ops.cast(parts["part_object"], "int32")
         zeros = ops.zeros_like(objects)
-        fine = self.encode_mask(probs, work_hw, pad_hw, stride=4)[..., 1:]
-        result["templates"] = self.tracker.crop_templates(out["key"][None], boxes, zeros)
+        fine = self.encode_mask(probs, work_hw, pad_hw, 4, resized)[..., 1:]
+        result["templates"] = self.tracker.crop_templates(
+            ops.expand_dims(out["key"], 0), boxes, zeros
+        )
         result.update(
             crop_reference(
                 out,
                 mask_windows(boxes),
                 zeros,
                 objects,
-                fine[None],
+                ops.expand_dims(fine, 0),
                 crop_size=self.config.parts.head_crop,
                 mask_stride=4,
             )
@@ -273,6 +304,7 @@ class VosNetwork(keras.Model):
         parts: dict[str, Any] | None = None,
         internals: bool = False,
         features: dict[str, Any] | None = None,
+        frame_hw: tuple | None = None,
     ) -> dict[str, Any]:
         """The next frame against the memory -> ``{"index": (H, W) int32 label index into
         [background, objects...], "probs": (H, W, K+1) the probabilities it is the argmax of,
@@ -294,7 +326,8 @@ class VosNetwork(keras.Model):
         final [background, objects] probability, on the stride-4 grid (stride 16 without the
         part path); with the part path also ``part_logits``, the mask ``windows`` and the
         tracker's ``response``, ``offsets`` and ``search_windows``. ``features`` as in
-        :meth:`encode_reference`.
+        :meth:`encode_reference`; ``frame_hw``: the frame's size, when ``frame`` is not given
+        (the LiteRT export, whose frames come prepared).
         """
         m = self.settings.matching
         out = features if features is not None else self.features(frame, work_hw, pad_hw)
@@ -311,11 +344,12 @@ class VosNetwork(keras.Model):
             m.temperature,
             m.reference_share,
         )
-        frame_hw = tuple(ops.shape(frame)[:2])
+        if frame_hw is None:
+            frame_hw = tuple(ops.shape(frame)[:2])
         if not self.config.parts:
             probs = self.grid_to_frame(grid, frame_hw, work_hw)
             result = {
-                "index": ops.cast(ops.argmax(probs, axis=-1), "int32"),
+                "index": argmax(probs),
                 "grid": grid,
                 "key": out["key"],
                 "probs": probs,
@@ -329,7 +363,7 @@ class VosNetwork(keras.Model):
         zeros = ops.zeros_like(objects)
         if self.settings.parts.track:
             tracked = self.tracker.track(
-                out["key"][None],
+                ops.expand_dims(out["key"], 0),
                 parts["templates"],
                 parts["part_boxes"],
                 zeros,
@@ -350,8 +384,8 @@ class VosNetwork(keras.Model):
             windows,
             zeros,
             objects,
-            parts["prev_probs"][None],
-            grid[None, ..., 1:],
+            ops.expand_dims(parts["prev_probs"], 0),
+            ops.expand_dims(grid[..., 1:], 0),
             {"ref_p4": parts["ref_p4"], "ref_mask": parts["ref_mask"]},
             crop_size=self.config.parts.head_crop,
             prev_stride=4,
@@ -369,16 +403,15 @@ class VosNetwork(keras.Model):
             fine_hw,
             stride=4,
         )
-        prior = resize_aligned(grid[None], fine_hw, self.stride / 4)[0]
+        prior = resize_aligned(ops.expand_dims(grid, 0), fine_hw, self.stride / 4)[0]
         objects_probs = combine_with_prior(
             ops.transpose(pasted, (1, 2, 0)), ops.transpose(coverage, (1, 2, 0)), prior[..., 1:]
         )
         probs = soft_aggregate(objects_probs, axis=-1)  # (H/4, W/4, K+1)
-        full = resize_aligned(probs[None], pad_hw, 4)[:, : work_hw[0], : work_hw[1]]
+        full = resize_aligned(ops.expand_dims(probs, 0), pad_hw, 4)[:, : work_hw[0], : work_hw[1]]
         frame_probs = resize(full, frame_hw)[0]
-        index = ops.argmax(frame_probs, axis=-1)
         result = {
-            "index": ops.cast(index, "int32"),
+            "index": argmax(frame_probs),
             "probs": frame_probs,
             "grid": self._pool_to_grid(probs),
             "key": out["key"],

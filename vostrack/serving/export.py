@@ -20,9 +20,11 @@ with each other exactly as a float32 export does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,34 +70,58 @@ def tf_working_size(height: Any, width: Any, settings: InferenceSettings) -> tup
     return (h, w), ((h + m - 1) // m * m, (w + m - 1) // m * m)
 
 
+def part_specs(network: Any) -> dict[str, Any]:
+    """The part path's graph inputs (none without the part path), named."""
+    import tensorflow as tf
+
+    config = network.config
+    if not config.parts:
+        return {}
+    spec = tf.TensorSpec
+    channels = int(network.key_channels)
+    p = config.parts
+    s = p.head_crop
+    specs = {
+        "part_boxes": spec([None, 4], tf.float32),
+        "part_object": spec([None], tf.int32),
+        "part_valid": spec([None], tf.bool),
+        "templates": spec([None, p.template_size, p.template_size, channels], tf.float32),
+        "ref_p4": spec([None, s, s, p.fpn_channels], tf.float32),
+        "ref_mask": spec([None, s, s, 1], tf.float32),
+        "prev_probs": spec([None, None, None], tf.float32),
+    }
+    return {k: spec(v.shape, v.dtype, name=k) for k, v in specs.items()}
+
+
+def memory_specs(network: Any) -> dict[str, Any]:
+    """The memory's graph inputs: annotated (``reference_*``) and recent frames, named."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec
+    channels = int(network.key_channels)
+    specs = {}
+    for group in ("reference", "recent"):
+        specs[f"{group}_keys"] = spec(
+            [None, None, None, channels], tf.float32, name=f"{group}_keys"
+        )
+        specs[f"{group}_probs"] = spec([None, None, None, None], tf.float32, name=f"{group}_probs")
+        specs[f"{group}_valid"] = spec([None], tf.bool, name=f"{group}_valid")
+    return specs
+
+
 def serving_functions(network: Any) -> dict[str, Any]:
     """The graph functions as tf.functions with fixed signatures (sizes computed in-graph)."""
     import tensorflow as tf
 
-    config = network.config
-    channels = int(network.key_channels)
     spec = tf.TensorSpec
     frame_spec = spec([None, None, 3], tf.uint8, name="frame")
 
     def sizes(frame):
         return tf_working_size(tf.shape(frame)[0], tf.shape(frame)[1], network.settings)
 
-    part_specs = {}
-    if config.parts:
-        p = config.parts
-        s = p.head_crop
-        part_specs = {
-            "part_boxes": spec([None, 4], tf.float32),
-            "part_object": spec([None], tf.int32),
-            "part_valid": spec([None], tf.bool),
-            "templates": spec([None, p.template_size, p.template_size, channels], tf.float32),
-            "ref_p4": spec([None, s, s, p.fpn_channels], tf.float32),
-            "ref_mask": spec([None, s, s, 1], tf.float32),
-            "prev_probs": spec([None, None, None], tf.float32),
-        }
-        part_specs = {k: tf.TensorSpec(v.shape, v.dtype, name=k) for k, v in part_specs.items()}
-    reference_parts = {k: part_specs[k] for k in PART_REFERENCE_INPUTS if k in part_specs}
-    step_parts = {k: part_specs[k] for k in PART_STEP_INPUTS if k in part_specs}
+    parts = part_specs(network)
+    reference_parts = {k: parts[k] for k in PART_REFERENCE_INPUTS if k in parts}
+    step_parts = {k: parts[k] for k in PART_STEP_INPUTS if k in parts}
 
     @tf.function(
         input_signature=[
@@ -107,17 +133,7 @@ def serving_functions(network: Any) -> dict[str, Any]:
     def encode_reference(frame, probs, parts):
         return network.encode_reference(frame, probs, *sizes(frame), parts or None)
 
-    memory_specs = {}
-    for group in ("reference", "recent"):
-        memory_specs[f"{group}_keys"] = spec(
-            [None, None, None, channels], tf.float32, name=f"{group}_keys"
-        )
-        memory_specs[f"{group}_probs"] = spec(
-            [None, None, None, None], tf.float32, name=f"{group}_probs"
-        )
-        memory_specs[f"{group}_valid"] = spec([None], tf.bool, name=f"{group}_valid")
-
-    @tf.function(input_signature=[frame_spec, memory_specs, step_parts])
+    @tf.function(input_signature=[frame_spec, memory_specs(network), step_parts])
     def step(frame, memory, parts):
         return network.step(frame, memory, *sizes(frame), parts or None)
 
@@ -338,6 +354,26 @@ def saved_model_from_graph(
     tf.saved_model.save(module, str(path), signatures=signatures)
 
 
+@contextlib.contextmanager
+def _rounded_weights(network: Any, weights_dtype: str) -> Iterator[None]:
+    """``network`` with its weights rounded as the stored files round them (:func:`to_half`
+    for float16), restored afterwards: an export derived from the live network then computes
+    with the frozen graph's values."""
+    import numpy as np
+
+    saved = [np.array(v.numpy()) for v in network.weights]
+    try:
+        if weights_dtype == "float16":
+            for variable, value in zip(network.weights, saved):
+                half = to_half(value)
+                if half is not None:
+                    variable.assign(half.astype(np.float32))
+        yield
+    finally:
+        for variable, value in zip(network.weights, saved):
+            variable.assign(value)
+
+
 def export_model(
     network: Any,
     out_dir: str | Path,
@@ -345,8 +381,10 @@ def export_model(
     overwrite: bool = False,
     saved_model: bool = True,
     weights_dtype: str = "float16",
+    litert: bool = False,
 ) -> Path:
-    """Write the model folder ``out_dir`` (frozen graph, SavedModel, Keras weights, manifest).
+    """Write the model folder ``out_dir`` (frozen graph, SavedModel, Keras weights, manifest;
+    with ``litert`` also the LiteRT model, :mod:`vostrack.serving.litert`).
 
     Written into a temporary folder beside ``out_dir`` and renamed into place, so a model folder
     is either complete or absent.
@@ -376,6 +414,12 @@ def export_model(
         if saved_model:
             saved_model_from_graph(graph_def, tensors, functions, tmp / SAVED_MODEL)
             files["saved_model"] = SAVED_MODEL
+        if litert:
+            from vostrack.serving.litert import LITERT_MODEL, export_litert
+
+            with _rounded_weights(network, weights_dtype):  # the frozen graph's own values
+                export_litert(network, tmp / LITERT_MODEL)
+            files["litert"] = LITERT_MODEL
         config, settings = network.config, network.settings
         write_json(
             tmp / "manifest.json",
