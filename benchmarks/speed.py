@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from vostrack.registry import RUNTIMES
+
 
 def child(
     model: str,
@@ -68,7 +70,7 @@ def child(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--runtime", default="frozen", choices=["frozen", "keras"])
+    parser.add_argument("--runtime", default="frozen", choices=list(RUNTIMES))
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--objects", type=int, nargs="+", default=[1, 5])
     parser.add_argument(

@@ -24,6 +24,10 @@ from vostrack.network.config import (
 
 log = logging.getLogger(__name__)
 
+#: Graph inputs and outputs with a row per part (all part inputs but ``prev_probs``).
+PART_INPUTS = tuple(k for k in (*PART_REFERENCE_INPUTS, *PART_STEP_INPUTS) if k != "prev_probs")
+PART_OUTPUTS = ("templates", "ref_p4", "ref_mask", "part_boxes", "part_scores")
+
 
 def _compile(fn: Callable, static: tuple[str, ...]) -> Callable:
     """Compile ``fn`` for the active Keras backend (sizes are static: one trace per video size)."""
@@ -187,5 +191,16 @@ class LiteRuntime:
             feeds["probs"] = resize_antialiased(inputs["probs"], (h, w))
         else:
             feeds["sizes"] = np.array([h, w, height, width], np.int32)
+        # LiteRT's XNNPACK cannot size a tensor with no rows: no parts go in as one invalid
+        # part (which the graph ignores), and its rows are dropped from the outputs.
+        no_parts = "part_valid" in feeds and len(feeds["part_valid"]) == 0
+        if no_parts:
+            for name in PART_INPUTS:
+                if name in feeds:
+                    feeds[name] = np.zeros((1, *feeds[name].shape[1:]), feeds[name].dtype)
         outputs = self._runners[function](**feeds)
-        return {k: v for k, v in outputs.items() if k not in skip}
+        return {
+            k: v[:0] if no_parts and k in PART_OUTPUTS else v
+            for k, v in outputs.items()
+            if k not in skip
+        }
