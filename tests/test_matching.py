@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from keras import ops
 
 from tests.reference.matching import naive_propagation
@@ -12,6 +13,7 @@ from vostrack.network.matching import (
     UNKNOWN,
     propagate_labels,
     read_votes,
+    window_affinity,
     window_indices,
 )
 
@@ -65,6 +67,26 @@ def test_fewer_allowed_matches_than_top_k_do_not_vote_with_garbage():
         )
     )
     np.testing.assert_allclose(got[0], [[0, 1], [1, 0]], atol=1e-6)  # each only sees itself
+
+
+@pytest.mark.parametrize(
+    "h, w, radius, tile",
+    [(30, 54, 8, 8), (5, 6, 1, 8), (17, 9, 2, 4), (3, 20, 4, 8), (8, 8, 8, 8)],
+)
+def test_the_windowed_affinity_is_the_dense_one_inside_each_window(h, w, radius, tile):
+    """Tiles smaller and larger than the frame, sizes that are not whole tiles, windows wider
+    than the frame: inside the frame, every window value is the dense affinity's."""
+    rng = np.random.default_rng(h * w)
+    query = rng.normal(size=(h, w, 8)).astype(np.float32)
+    keys = rng.normal(size=(3, h, w, 8)).astype(np.float32)
+    index, inside = (np.asarray(a) for a in window_indices(h, w, radius))
+    dense = np.einsum("qc,mnc->mqn", query.reshape(h * w, 8), keys.reshape(3, h * w, 8))
+    expected = np.take_along_axis(dense, index[None], axis=2)
+    got = ops.convert_to_numpy(window_affinity(query, keys, radius, tile))
+    assert got.shape == (3, h * w, (2 * radius + 1) ** 2)
+    np.testing.assert_allclose(
+        np.where(inside[None], got, 0), np.where(inside[None], expected, 0), atol=1e-5
+    )
 
 
 def test_window_indices_and_normalisation():
