@@ -150,15 +150,18 @@ def propagate_labels(
     local_ok = ops.logical_and(ops.reshape(recent_valid, (-1, 1, 1)), ops.expand_dims(inside, 0))
     local_aff = ops.where(local_ok, local_aff, _DISALLOWED)
     local_aff = ops.reshape(ops.transpose(local_aff, (1, 0, 2)), (cells, num_recent * window))
-    probs = ops.reshape(recent_probs, (num_recent, cells, num_classes))
-    local_probs = ops.take(probs, index, axis=1)  # (P, cells, W, K+1)
-    local_probs = ops.reshape(
-        ops.transpose(local_probs, (1, 0, 2, 3)), (cells, num_recent * window, num_classes)
-    )
+    recent_table = ops.reshape(recent_probs, (num_recent * cells, num_classes))
+
+    def local_rows(chosen: Any) -> Any:
+        """Local candidate j (frame j // W, window offset j % W) of each query -> its row of
+        ``recent_table``: only the chosen votes are gathered, never a (cells, P*W, K+1)
+        table of every candidate's probabilities."""
+        cell = ops.take_along_axis(index, chosen % window, axis=1)
+        return (chosen // window) * cells + cell
 
     if reference_share is not None:
-        ref_read, ref_any = _vote(global_aff, global_probs, top_k, temperature)
-        recent_read, recent_any = _vote(local_aff, local_probs, top_k, temperature)
+        ref_read, ref_any = _vote(global_aff, global_probs, None, top_k, temperature)
+        recent_read, recent_any = _vote(local_aff, recent_table, local_rows, top_k, temperature)
         a, b = reference_share * ref_any, (1.0 - reference_share) * recent_any
         mixed = (a * ref_read + b * recent_read) / ops.maximum(a + b, 1e-12)
         return ops.reshape(mixed, (height, width, num_classes))
@@ -167,11 +170,8 @@ def propagate_labels(
     weights = _vote_weights(values, temperature)
     num_global = num_ref * cells
     from_global = ops.take(global_probs, ops.clip(chosen, 0, num_global - 1), axis=0)
-    from_local = ops.take_along_axis(
-        local_probs,
-        ops.expand_dims(ops.clip(chosen - num_global, 0, num_recent * window - 1), -1),
-        axis=1,
-    )
+    local = ops.clip(chosen - num_global, 0, num_recent * window - 1)
+    from_local = ops.take(recent_table, local_rows(local), axis=0)
     votes = ops.where(ops.expand_dims(chosen < num_global, -1), from_global, from_local)
     return ops.reshape(read_votes(weights, votes), (height, width, num_classes))
 
@@ -183,15 +183,12 @@ def _vote_weights(values: Any, temperature: float) -> Any:
     return weights / (ops.sum(weights, axis=-1, keepdims=True) + 1e-12)
 
 
-def _vote(affinity: Any, probs: Any, top_k: int, temperature: float) -> tuple[Any, Any]:
-    """One group's read: affinity (cells, M) over candidates whose probabilities are probs,
-    (M, K+1) shared by every query or (cells, M, K+1) per query -> ((cells, K+1) read,
+def _vote(affinity: Any, table: Any, rows: Any, top_k: int, temperature: float) -> tuple[Any, Any]:
+    """One group's read: affinity (cells, M) over candidates whose probabilities are rows of
+    ``table`` (candidate j of query i: row ``rows(j)[i]``; None: row j) -> ((cells, K+1) read,
     (cells, 1) 1.0 where the query had an allowed candidate in the group, else 0.0)."""
     values, chosen = ops.top_k(affinity, top_k)
-    if len(probs.shape) == 2:
-        votes = ops.take(probs, chosen, axis=0)
-    else:
-        votes = ops.take_along_axis(probs, ops.expand_dims(chosen, -1), axis=1)
+    votes = ops.take(table, chosen if rows is None else rows(chosen), axis=0)
     allowed = ops.cast(values[:, :1] > _DISALLOWED / 2, "float32")
     return read_votes(_vote_weights(values, temperature), votes), allowed
 
