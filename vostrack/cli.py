@@ -135,8 +135,8 @@ def _model_options(context: str) -> Callable:
             default="frozen",
             show_default=True,
             help=f"{context}Run the frozen TensorFlow graph, the Keras model (any backend), or "
-            "the model's LiteRT file without TensorFlow (half the memory, slower today; see "
-            "the README).",
+            "the model's LiteRT file without TensorFlow (0.4x the memory, 0.75-0.8x the speed "
+            "today; see the README).",
         ),
         click.option(
             "--mirror/--no-mirror",
