@@ -95,9 +95,9 @@ def _named(frozen: Any, function: Any) -> Any:
 def export_litert(network: Any, path: Path) -> None:
     """Write the LiteRT model of ``network`` to ``path`` (builtin ops only, float32 weights).
 
-    Not float16 weights: given a model with float16 weights, LiteRT's XNNPACK delegate computes
-    in reduced precision on a CPU that has it (this one does), and the masks drift (NaN in the
-    memory grid of an untrained network); precision is never left to an engine's default."""
+    Float32 weights only: a float16 file is dequantized by the interpreter or its delegate,
+    whose compute precision would then be the engine's choice; float32 leaves it none (and the
+    masks were checked in float32 only)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
