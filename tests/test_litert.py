@@ -49,7 +49,7 @@ def test_the_numpy_resize_is_tfs_antialiased_bilinear(size, out):
 def test_a_prepared_frame_is_the_graphs():
     frame = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     h, w, hp, wp = working_size(1080, 1920, InferenceSettings())
-    graph = VosNetwork.prepare_frames(None, tf.constant(frame[None]), (h, w), (hp, wp))
+    graph = VosNetwork.prepare_frames(tf.constant(frame[None]), (h, w), (hp, wp))
     np.testing.assert_allclose(
         prepare_frame(frame, (h, w), (hp, wp)), graph[0].numpy(), rtol=0, atol=1e-6
     )
@@ -145,3 +145,31 @@ def test_the_export_refuses_the_part_tracker_in_one_line(tmp_path):
 def test_a_model_without_a_litert_file_is_refused_in_one_line(tiny_model):
     with pytest.raises(VostrackError, match="has no LiteRT model; make one with"):
         load_propagator(str(tiny_model), "litert")
+
+
+def test_without_the_litert_package_the_runtime_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails
+    with pytest.raises(VostrackError, match=r"--runtime litert needs the litert extra"):
+        load_propagator("default", "litert")
+
+
+def test_the_litert_export_computes_with_the_stored_weights(tiny_network):
+    """The LiteRT file is made from the live network with its weights rounded as the frozen
+    graph stores them (float16 where that keeps them), and the network is given back as it was."""
+    from vostrack.serving.export import _rounded_weights, to_half
+
+    before = [np.array(v.numpy()) for v in tiny_network.weights]
+    with _rounded_weights(tiny_network, "float16"):
+        inside = [np.array(v.numpy()) for v in tiny_network.weights]
+    after = [np.array(v.numpy()) for v in tiny_network.weights]
+    rounded = 0
+    for original, during, restored in zip(before, inside, after):
+        half = to_half(original)
+        expected = original if half is None else half.astype(np.float32)
+        np.testing.assert_array_equal(during, expected)
+        np.testing.assert_array_equal(restored, original)
+        rounded += half is not None and not np.array_equal(expected, original)
+    assert rounded > 0  # the tiny network's weights are float32: some did change
+    with _rounded_weights(tiny_network, "float32"):
+        for variable, original in zip(tiny_network.weights, before):
+            np.testing.assert_array_equal(variable.numpy(), original)

@@ -149,7 +149,13 @@ def load_propagator(
                 )
             from vostrack.inference.runtimes import LiteRuntime
 
-            backend = LiteRuntime(model_dir / files["litert"], config, settings, threads)
+            try:
+                backend = LiteRuntime(model_dir / files["litert"], config, settings, threads)
+            except ImportError as exc:
+                raise VostrackError(
+                    f"--runtime litert needs the litert extra ({exc.name or exc} is not "
+                    'installed): python3 -m pip install -e ".[litert]"'
+                ) from None
         else:
             from vostrack.inference.runtimes import KerasRuntime
             from vostrack.network.vos import load_network

@@ -25,7 +25,9 @@ from vostrack.network.config import (
 log = logging.getLogger(__name__)
 
 #: Graph inputs and outputs with a row per part (all part inputs but ``prev_probs``).
-PART_INPUTS = tuple(k for k in (*PART_REFERENCE_INPUTS, *PART_STEP_INPUTS) if k != "prev_probs")
+PART_INPUTS = tuple(
+    dict.fromkeys(k for k in (*PART_REFERENCE_INPUTS, *PART_STEP_INPUTS) if k != "prev_probs")
+)
 PART_OUTPUTS = ("templates", "ref_p4", "ref_mask", "part_boxes", "part_scores")
 
 
@@ -168,6 +170,9 @@ class LiteRuntime:
 
         from ai_edge_litert.interpreter import Interpreter
 
+        from vostrack.inference import resample  # SciPy, the litert extra's other half
+
+        self._resample = resample
         self.config, self.settings = config, settings
         self._interpreter = Interpreter(
             model_path=str(model_path), num_threads=int(threads or os.cpu_count() or 1)
@@ -180,15 +185,13 @@ class LiteRuntime:
     def run(
         self, function: str, inputs: dict[str, np.ndarray], skip: Collection[str] = ()
     ) -> dict[str, np.ndarray]:
-        from vostrack.inference.resample import prepare_frame, resize_antialiased
-
         frame = inputs["frame"]
         height, width = frame.shape[:2]
         h, w, hp, wp = working_size(height, width, self.settings)
         feeds = {k: v for k, v in inputs.items() if k not in ("frame", "probs")}
-        feeds["image"] = prepare_frame(frame, (h, w), (hp, wp))
+        feeds["image"] = self._resample.prepare_frame(frame, (h, w), (hp, wp))
         if function == "encode_reference":
-            feeds["probs"] = resize_antialiased(inputs["probs"], (h, w))
+            feeds["probs"] = self._resample.resize_antialiased(inputs["probs"], (h, w))
         else:
             feeds["sizes"] = np.array([h, w, height, width], np.int32)
         # LiteRT's XNNPACK cannot size a tensor with no rows: no parts go in as one invalid

@@ -172,7 +172,8 @@ class VosNetwork(keras.Model):
             )
 
     # ---------------------------------------------------------------- frames and masks
-    def prepare_frames(self, frames: Any, work_hw: tuple, pad_hw: tuple) -> Any:
+    @staticmethod
+    def prepare_frames(frames: Any, work_hw: tuple, pad_hw: tuple) -> Any:
         """uint8 (N, H, W, 3) RGB -> (N, hp, wp, 3) in [0, 1] at the working size, padded: the
         input of :meth:`image_features` (the LiteRT runtime does this step in numpy)."""
         image = resize(ops.cast(frames, "float32") / 255.0, work_hw, antialias=True)
